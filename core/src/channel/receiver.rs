@@ -1,0 +1,624 @@
+//! Receiving side of one (member, channel): the patent's receiver, without threads.
+//!
+//! At any time the receiver expects message `next`. Fragments of `next` and of later messages
+//! are assembled in `slots`, a cache bounded in bytes and messages per sender (the current
+//! message has priority: later messages are evicted, highest sequence first, to make room for
+//! lower ones). A complete message at `next` is delivered at once, then any complete successors.
+//!
+//! Loss is inferred when a fragment or a heartbeat shows a sequence `>= next` while `next` is not
+//! complete ("behind"). A gap only counts after `reorder_grace`; then the owner is asked for ONE
+//! point-to-point recovery request, and no other is asked for until that one is answered or
+//! failed (failures back off exponentially with jitter). The answer is applied with
+//! [`Receiver::apply_snapshot`] (state channel) or [`Receiver::apply_log`] (log channel), and
+//! cached later messages drain after it.
+
+use crate::ids::{Channel, RequestId, Rng};
+use crate::wire::{Fragment, fragment_span};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Limits and timings a receiver works with (copied from the config).
+#[derive(Debug, Clone)]
+pub struct ReceiverLimits {
+    /// Bytes of undelivered messages held per sender (`max_cached_bytes_per_sender`).
+    pub max_bytes: usize,
+    /// Undelivered messages held per sender (`max_cached_messages_per_sender`).
+    pub max_messages: usize,
+    /// Largest message accepted (`max_message_size`).
+    pub max_message_size: usize,
+    /// Most fragments per message (`max_fragments_per_message`).
+    pub max_fragments: u32,
+    /// Time a gap may stay open before it counts as loss (`reorder_grace`).
+    pub grace: Duration,
+    /// First retry delay (`recovery_backoff_initial`).
+    pub backoff_initial: Duration,
+    /// Largest retry delay (`recovery_backoff_max`).
+    pub backoff_max: Duration,
+}
+
+/// Cache use of one remote member, shared by its channels' receivers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes reserved by undelivered messages.
+    pub bytes: usize,
+    /// Undelivered messages held.
+    pub messages: usize,
+}
+
+/// What a receiver hands its owner, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Message `seq`, complete.
+    Message {
+        /// Its sequence number.
+        seq: u64,
+        /// Its bytes.
+        payload: Bytes,
+    },
+    /// Messages `from..=to` are lost for good (log channel only).
+    Gap {
+        /// First lost sequence.
+        from: u64,
+        /// Last lost sequence.
+        to: u64,
+    },
+}
+
+/// What happened to one fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FragmentOutcome {
+    /// New data, kept or delivered.
+    Accepted,
+    /// Already received or already delivered.
+    Duplicate,
+    /// Above the message size or fragment count limit.
+    TooLarge,
+    /// Contradicts earlier fragments of the same message.
+    Inconsistent,
+    /// No room in the per-sender cache, even after evicting later messages.
+    CacheFull,
+}
+
+/// What the receiver wants fetched point-to-point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// The sender's current state and the sequence it reflects.
+    Snapshot {
+        /// Last sequence delivered here, if synchronised.
+        after: Option<u64>,
+    },
+    /// Retained messages `from..=to`.
+    Range {
+        /// First missing sequence.
+        from: u64,
+        /// Highest sequence known sent.
+        to: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Assembly {
+    total_len: u32,
+    count: u32,
+    received: u32,
+    /// Contiguous prefix of the message (fragments `0..received_prefix`).
+    prefix: Vec<u8>,
+    prefix_frags: u32,
+    /// Fragments beyond the prefix, waiting for the gap before them.
+    later: BTreeMap<u32, Bytes>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Complete(Bytes),
+    Partial(Assembly),
+}
+
+impl Slot {
+    fn cost(&self) -> usize {
+        match self {
+            Slot::Complete(b) => b.len(),
+            Slot::Partial(a) => a.total_len as usize,
+        }
+    }
+}
+
+/// Receiver state for one (member, channel).
+#[derive(Debug)]
+pub struct Receiver {
+    channel: Channel,
+    /// Next sequence to deliver; `None` until synchronised (state channel seen mid-stream).
+    next: Option<u64>,
+    slots: BTreeMap<u64, Slot>,
+    /// Highest sequence known to have been sent.
+    known_last: u64,
+    /// When to ask for recovery (set while behind and nothing is in flight).
+    attempt_at: Option<Instant>,
+    in_flight: Option<RequestId>,
+    failures: u32,
+}
+
+impl Receiver {
+    /// A receiver that has seen nothing of `channel` yet.
+    pub fn new(channel: Channel) -> Self {
+        Receiver {
+            channel,
+            next: None,
+            slots: BTreeMap::new(),
+            known_last: 0,
+            attempt_at: None,
+            in_flight: None,
+            failures: 0,
+        }
+    }
+
+    /// Next sequence expected, if synchronised.
+    pub fn next(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// Last sequence delivered (0 if none or unsynchronised).
+    pub fn delivered(&self) -> u64 {
+        self.next.map_or(0, |n| n - 1)
+    }
+
+    /// Highest sequence known to exist.
+    pub fn known_last(&self) -> u64 {
+        self.known_last
+    }
+
+    /// The recovery request in flight, if any.
+    pub fn in_flight(&self) -> Option<RequestId> {
+        self.in_flight
+    }
+
+    /// True if a message the sender has sent is missing here.
+    pub fn is_behind(&self) -> bool {
+        match self.next {
+            None => self.known_last > 0,
+            Some(n) => self.known_last >= n,
+        }
+    }
+
+    /// Earliest time this receiver needs [`Receiver::poll_ask`] called.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.attempt_at
+    }
+
+    /// Handles one fragment; complete messages are appended to `out` in order.
+    pub fn on_fragment(
+        &mut self,
+        now: Instant,
+        f: Fragment,
+        budget: &mut Budget,
+        limits: &ReceiverLimits,
+        out: &mut Vec<Delivery>,
+    ) -> FragmentOutcome {
+        if f.total_len as usize > limits.max_message_size || f.count > limits.max_fragments {
+            return FragmentOutcome::TooLarge;
+        }
+        self.known_last = self.known_last.max(f.seq);
+        if self.next.is_none() && (self.channel == Channel::Log || f.seq == 1) {
+            // First contact: the log channel starts wherever the sender is; the state channel
+            // only when it sees the very first message (otherwise it needs a snapshot).
+            self.next = Some(f.seq);
+        }
+        let outcome = self.insert(f, budget, limits);
+        let progressed = self.drain(budget, out);
+        self.update_behind(now, progressed, limits);
+        outcome
+    }
+
+    fn insert(&mut self, f: Fragment, budget: &mut Budget, limits: &ReceiverLimits) -> FragmentOutcome {
+        if self.next.is_some_and(|n| f.seq < n) {
+            return FragmentOutcome::Duplicate;
+        }
+        if let Some(slot) = self.slots.get_mut(&f.seq) {
+            return match slot {
+                Slot::Complete(_) => FragmentOutcome::Duplicate,
+                Slot::Partial(a) => {
+                    if a.total_len != f.total_len || a.count != f.count {
+                        return FragmentOutcome::Inconsistent;
+                    }
+                    if !a.insert(f.index, f.data) {
+                        return FragmentOutcome::Duplicate;
+                    }
+                    if a.received == a.count {
+                        let done = std::mem::take(&mut a.prefix);
+                        *slot = Slot::Complete(Bytes::from(done));
+                    }
+                    FragmentOutcome::Accepted
+                }
+            };
+        }
+        let cost = f.total_len as usize;
+        while budget.bytes + cost > limits.max_bytes || budget.messages + 1 > limits.max_messages {
+            // Make room by evicting the latest message after this one, if any.
+            let Some((&last, _)) = self.slots.range(f.seq + 1..).next_back() else {
+                return FragmentOutcome::CacheFull;
+            };
+            if let Some(evicted) = self.slots.remove(&last) {
+                budget.bytes -= evicted.cost();
+                budget.messages -= 1;
+            }
+        }
+        budget.bytes += cost;
+        budget.messages += 1;
+        let slot = if f.count == 1 {
+            Slot::Complete(f.data)
+        } else {
+            let mut a = Assembly {
+                total_len: f.total_len,
+                count: f.count,
+                received: 0,
+                prefix: Vec::with_capacity(cost),
+                prefix_frags: 0,
+                later: BTreeMap::new(),
+            };
+            a.insert(f.index, f.data);
+            Slot::Partial(a)
+        };
+        self.slots.insert(f.seq, slot);
+        FragmentOutcome::Accepted
+    }
+
+    /// Delivers complete messages at `next`; true if any was delivered.
+    fn drain(&mut self, budget: &mut Budget, out: &mut Vec<Delivery>) -> bool {
+        let Some(mut next) = self.next else {
+            return false;
+        };
+        let mut progressed = false;
+        while let Some(entry) = self.slots.first_entry() {
+            if *entry.key() != next || !matches!(entry.get(), Slot::Complete(_)) {
+                break;
+            }
+            let slot = entry.remove();
+            budget.bytes -= slot.cost();
+            budget.messages -= 1;
+            if let Slot::Complete(payload) = slot {
+                out.push(Delivery::Message { seq: next, payload });
+            }
+            next += 1;
+            progressed = true;
+        }
+        self.next = Some(next);
+        progressed
+    }
+
+    /// Records the sender's last sequence from a heartbeat.
+    pub fn on_last_seq(&mut self, now: Instant, last: u64, limits: &ReceiverLimits) {
+        if self.next.is_none() && (self.channel == Channel::Log || last == 0) {
+            self.next = Some(last + 1);
+        }
+        self.known_last = self.known_last.max(last);
+        self.update_behind(now, false, limits);
+    }
+
+    fn update_behind(&mut self, now: Instant, progressed: bool, limits: &ReceiverLimits) {
+        if !self.is_behind() {
+            self.attempt_at = None;
+            self.failures = 0;
+        } else if self.in_flight.is_none() && (self.attempt_at.is_none() || (progressed && self.failures == 0)) {
+            // Reordering is not loss: the gap counts only after the grace period, and progress
+            // restarts that period.
+            self.attempt_at = Some(now + limits.grace);
+        }
+    }
+
+    /// If a recovery request is due at `now`, what to ask for. Call [`Receiver::start`] with the
+    /// request's id if it is sent.
+    pub fn poll_ask(&self, now: Instant) -> Option<Ask> {
+        if self.in_flight.is_some() || !self.is_behind() || self.attempt_at.is_none_or(|t| t > now) {
+            return None;
+        }
+        Some(match (self.channel, self.next) {
+            (Channel::State, next) => Ask::Snapshot {
+                after: next.map(|n| n - 1),
+            },
+            (Channel::Log, next) => Ask::Range {
+                from: next.unwrap_or(1),
+                to: self.known_last,
+            },
+        })
+    }
+
+    /// Marks request `id` as the one recovery in flight.
+    pub fn start(&mut self, id: RequestId) {
+        self.in_flight = Some(id);
+        self.attempt_at = None;
+    }
+
+    /// The request in flight failed or timed out: retry later with backoff and jitter.
+    pub fn fail(&mut self, now: Instant, rng: &mut Rng, limits: &ReceiverLimits) {
+        self.in_flight = None;
+        self.failures = self.failures.saturating_add(1);
+        if self.is_behind() {
+            let shift = (self.failures - 1).min(20);
+            let base = limits
+                .backoff_initial
+                .saturating_mul(1 << shift)
+                .min(limits.backoff_max);
+            // Equal jitter: half fixed, half random, so retries of many receivers spread out.
+            let jitter = base.mul_f64(0.5 * rng.unit());
+            self.attempt_at = Some(now + base / 2 + jitter);
+        }
+    }
+
+    /// Applies a state snapshot reflecting everything up to `seq`. Returns false if it is older
+    /// than what was already delivered (the caller must then ignore its contents).
+    pub fn apply_snapshot(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        budget: &mut Budget,
+        limits: &ReceiverLimits,
+        out: &mut Vec<Delivery>,
+    ) -> bool {
+        self.in_flight = None;
+        self.failures = 0;
+        let applied = self.sync_to(seq, budget);
+        self.known_last = self.known_last.max(seq);
+        self.drain(budget, out);
+        self.update_behind(now, true, limits);
+        applied
+    }
+
+    /// Declares messages up to `seq` delivered by other means (a snapshot or a join dump).
+    /// Returns false if the receiver was already past `seq`.
+    pub fn sync_to(&mut self, seq: u64, budget: &mut Budget) -> bool {
+        if self.next.is_some_and(|n| n > seq + 1) {
+            return false;
+        }
+        self.next = Some(seq + 1);
+        self.known_last = self.known_last.max(seq);
+        self.release_below(seq + 1, budget);
+        true
+    }
+
+    fn release_below(&mut self, seq: u64, budget: &mut Budget) {
+        while let Some(entry) = self.slots.first_entry() {
+            if *entry.key() >= seq {
+                break;
+            }
+            let slot = entry.remove();
+            budget.bytes -= slot.cost();
+            budget.messages -= 1;
+        }
+    }
+
+    /// Applies a log range answer: messages before `first_retained` are a gap; `msgs` (ascending)
+    /// are delivered where they continue the sequence. Returns true if the receiver advanced.
+    pub fn apply_log(
+        &mut self,
+        now: Instant,
+        first_retained: u64,
+        msgs: Vec<(u64, Bytes)>,
+        budget: &mut Budget,
+        limits: &ReceiverLimits,
+        rng: &mut Rng,
+        out: &mut Vec<Delivery>,
+    ) -> bool {
+        self.in_flight = None;
+        let mut next = self.next.unwrap_or(first_retained.max(1));
+        let start = next;
+        // Only what the sender says exists can be a gap.
+        let gap_end = first_retained.min(self.known_last.max(msgs.last().map_or(0, |m| m.0)) + 1);
+        if gap_end > next {
+            out.push(Delivery::Gap {
+                from: next,
+                to: gap_end - 1,
+            });
+            next = gap_end;
+        }
+        for (seq, payload) in msgs {
+            if seq == next {
+                out.push(Delivery::Message { seq, payload });
+                next += 1;
+            } else if seq > next {
+                break;
+            }
+        }
+        self.next = Some(next);
+        self.known_last = self.known_last.max(next - 1);
+        self.release_below(next, budget);
+        self.drain(budget, out);
+        let advanced = self.next.is_some_and(|n| n > start);
+        if advanced {
+            self.failures = 0;
+            // More may be missing (the answer is capped in size): ask again straight away.
+            self.attempt_at = self.is_behind().then_some(now);
+        } else {
+            self.fail(now, rng, limits);
+        }
+        advanced
+    }
+
+    /// Drops all cached data (member gone); returns the budget it held.
+    pub fn clear(&mut self, budget: &mut Budget) {
+        for slot in std::mem::take(&mut self.slots).into_values() {
+            budget.bytes -= slot.cost();
+            budget.messages -= 1;
+        }
+        self.attempt_at = None;
+        self.in_flight = None;
+    }
+}
+
+impl Assembly {
+    /// Adds fragment `index`; false if it was already there.
+    fn insert(&mut self, index: u32, data: Bytes) -> bool {
+        if index < self.prefix_frags || self.later.contains_key(&index) {
+            return false;
+        }
+        if fragment_span(self.total_len, self.count, index).is_none() {
+            return false;
+        }
+        self.received += 1;
+        if index == self.prefix_frags {
+            self.prefix.extend_from_slice(&data);
+            self.prefix_frags += 1;
+            while let Some(d) = self.later.remove(&self.prefix_frags) {
+                self.prefix.extend_from_slice(&d);
+                self.prefix_frags += 1;
+            }
+        } else {
+            self.later.insert(index, data);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::fragment_count;
+
+    fn limits() -> ReceiverLimits {
+        ReceiverLimits {
+            max_bytes: 1 << 20,
+            max_messages: 64,
+            max_message_size: 1 << 20,
+            max_fragments: 1 << 16,
+            grace: Duration::from_millis(50),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    fn frags(seq: u64, msg: &[u8], payload: usize) -> Vec<Fragment> {
+        let count = fragment_count(msg.len(), payload) as u32;
+        (0..count)
+            .map(|i| {
+                let (off, len) = fragment_span(msg.len() as u32, count, i).expect("span");
+                Fragment {
+                    channel: Channel::Log,
+                    seq,
+                    index: i,
+                    count,
+                    total_len: msg.len() as u32,
+                    data: Bytes::copy_from_slice(&msg[off..off + len]),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_order_and_reordered_fragments_deliver_once() {
+        let t = Instant::now();
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        let m1: Vec<u8> = (0..250u8).collect();
+        let m2 = vec![9u8; 30];
+        let mut all = frags(1, &m1, 40);
+        all.extend(frags(2, &m2, 40));
+        all.reverse();
+        r.on_last_seq(t, 0, &limits());
+        for f in all.iter().cloned() {
+            r.on_fragment(t, f, &mut b, &limits(), &mut out);
+        }
+        for f in all {
+            assert_eq!(
+                r.on_fragment(t, f, &mut b, &limits(), &mut out),
+                FragmentOutcome::Duplicate
+            );
+        }
+        assert_eq!(
+            out,
+            vec![
+                Delivery::Message { seq: 1, payload: Bytes::from(m1) },
+                Delivery::Message { seq: 2, payload: Bytes::from(m2) },
+            ]
+        );
+        assert_eq!(b, Budget::default(), "cache empty after delivery");
+    }
+
+    #[test]
+    fn gap_waits_for_grace_then_asks_once() {
+        let t = Instant::now();
+        let l = limits();
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 0, &l);
+        assert_eq!(r.next(), Some(1));
+        for f in frags(2, b"later", 40) {
+            r.on_fragment(t, f, &mut b, &l, &mut out);
+        }
+        assert!(out.is_empty() && r.is_behind());
+        assert_eq!(r.poll_ask(t), None, "grace period");
+        let due = r.deadline().expect("deadline");
+        assert_eq!(r.poll_ask(due), Some(Ask::Range { from: 1, to: 2 }));
+        r.start(RequestId(1));
+        assert_eq!(r.poll_ask(due + Duration::from_secs(9)), None, "one in flight");
+        let mut rng = Rng::new(1);
+        r.fail(due, &mut rng, &l);
+        let retry = r.deadline().expect("retry");
+        assert!(retry >= due + Duration::from_millis(50) && retry <= due + Duration::from_millis(100));
+        r.start(RequestId(2));
+        r.apply_log(retry, 1, vec![(1, Bytes::from_static(b"first"))], &mut b, &l, &mut rng, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(r.next(), Some(3));
+        assert!(!r.is_behind() && r.deadline().is_none());
+    }
+
+    #[test]
+    fn log_gap_beyond_retention() {
+        let t = Instant::now();
+        let l = limits();
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 0, &l);
+        r.on_last_seq(t, 10, &l);
+        r.start(RequestId(1));
+        r.apply_log(t, 8, vec![(8, Bytes::new()), (9, Bytes::new()), (10, Bytes::new())], &mut b, &l, &mut Rng::new(1), &mut out);
+        assert_eq!(out[0], Delivery::Gap { from: 1, to: 7 });
+        assert_eq!(out.len(), 4);
+        assert_eq!(r.next(), Some(11));
+    }
+
+    #[test]
+    fn state_channel_needs_a_snapshot_mid_stream() {
+        let t = Instant::now();
+        let l = limits();
+        let mut r = Receiver::new(Channel::State);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 4, &l);
+        assert_eq!(r.next(), None);
+        assert!(r.is_behind());
+        for f in frags(6, b"six", 40) {
+            r.on_fragment(t, f, &mut b, &l, &mut out);
+        }
+        assert_eq!(r.poll_ask(t + l.grace), Some(Ask::Snapshot { after: None }));
+        r.start(RequestId(5));
+        assert!(r.apply_snapshot(t, 5, &mut b, &l, &mut out));
+        assert_eq!(out, vec![Delivery::Message { seq: 6, payload: Bytes::from_static(b"six") }]);
+        assert!(!r.is_behind());
+        assert!(!r.sync_to(3, &mut b), "older snapshot is refused");
+    }
+
+    #[test]
+    fn cache_is_bounded_and_prefers_the_current_message() {
+        let t = Instant::now();
+        let mut l = limits();
+        l.max_messages = 3;
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 0, &l);
+        for seq in 2..=4 {
+            r.on_fragment(t, frags(seq, b"x", 40).remove(0), &mut b, &l, &mut out);
+        }
+        assert_eq!(
+            r.on_fragment(t, frags(5, b"x", 40).remove(0), &mut b, &l, &mut out),
+            FragmentOutcome::CacheFull
+        );
+        // The current message evicts the latest cached one.
+        r.on_fragment(t, frags(1, b"x", 40).remove(0), &mut b, &l, &mut out);
+        assert_eq!(out.len(), 3, "1, 2, 3 delivered; 4 was evicted");
+        assert!(b.messages <= 3);
+    }
+}

@@ -1,0 +1,126 @@
+//! The one wrapper around bincode (pinned at 2.0.1): every serde body in hybridcast is encoded
+//! and decoded here, always with a byte limit.
+//!
+//! bincode is unmaintained (RUSTSEC-2025-0141), so nothing else in the crate names it. Decoding
+//! refuses input longer than the caller's bound, sets bincode's allocation limit to a tier just
+//! above the input's length (so a short input cannot claim a large allocation), and rejects
+//! trailing bytes.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a body could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The input is longer than the bound the caller allows.
+    #[error("body of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Input length.
+        len: usize,
+        /// Allowed length.
+        limit: usize,
+    },
+    /// Bytes left after the value.
+    #[error("{0} trailing bytes after the body")]
+    Trailing(usize),
+    /// bincode refused the input (or, when encoding, the value).
+    #[error("malformed body: {0}")]
+    Malformed(String),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `value` (our own types always encode).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+macro_rules! decode_tiers {
+    ($bytes:expr, $( $tier:literal ),+) => {{
+        let bytes: &[u8] = $bytes;
+        let len = bytes.len();
+        $(
+            if len <= $tier {
+                let cfg = config().with_limit::<{ 4 * $tier }>();
+                return finish(bincode::serde::decode_from_slice(bytes, cfg), len);
+            }
+        )+
+        Err(CodecError::TooLarge { len, limit: 1 << 30 })
+    }};
+}
+
+/// Decodes a `T` from all of `bytes`, refusing inputs longer than `max_len`.
+///
+/// bincode's allocation limit is four times the smallest power-of-four tier (from 1 KiB to
+/// 1 GiB) that holds the input, so no input can make the decoder allocate much more than its own
+/// length.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, CodecError> {
+    if bytes.len() > max_len {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            limit: max_len,
+        });
+    }
+    decode_tiers!(
+        bytes,
+        1024,
+        4096,
+        16384,
+        65536,
+        262144,
+        1048576,
+        4194304,
+        16777216,
+        67108864,
+        268435456
+    )
+}
+
+fn finish<T>(
+    r: Result<(T, usize), bincode::error::DecodeError>,
+    len: usize,
+) -> Result<T, CodecError> {
+    match r {
+        Ok((v, used)) if used == len => Ok(v),
+        Ok((_, used)) => Err(CodecError::Trailing(len - used)),
+        Err(e) => Err(CodecError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_trailing() {
+        let v: (String, Vec<u8>) = ("a".into(), vec![1, 2, 3]);
+        let mut b = encode(&v).expect("encode");
+        assert_eq!(decode::<(String, Vec<u8>)>(&b, 100), Ok(v));
+        b.push(0);
+        assert_eq!(
+            decode::<(String, Vec<u8>)>(&b, 100),
+            Err(CodecError::Trailing(1))
+        );
+        assert!(matches!(
+            decode::<(String, Vec<u8>)>(&b, 2),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn short_input_cannot_claim_a_huge_allocation() {
+        // A varint length prefix claiming ~2^60 bytes, in 9 bytes of input.
+        let evil = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(matches!(
+            decode::<Vec<u8>>(&evil, 1 << 20),
+            Err(CodecError::Malformed(_))
+        ));
+        let evil = [0xfc, 0, 0, 0, 0x40]; // 1 GiB string
+        assert!(matches!(
+            decode::<String>(&evil, 1 << 20),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+}

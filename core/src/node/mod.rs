@@ -1,0 +1,1017 @@
+//! [`Node`]: one cluster member as a pure state machine.
+
+mod p2p;
+
+use crate::channel::receiver::{Delivery, FragmentOutcome, ReceiverLimits};
+use crate::channel::{Packer, Retention, Sender};
+use crate::codec;
+use crate::config::{Config, ConfigError, Identity};
+use crate::event::{Event, Peer};
+use crate::exchange::{Announcement, NamingChange, Published};
+use crate::ids::{Channel, ClusterId, MemberKey, RequestId, Rng, stable_hash};
+use crate::membership::{Member, MemberInfo, MemberState};
+use crate::naming::{Provider, Registry, Selector, Strategy};
+use crate::stats::Stats;
+use crate::wire::{self, Body, Header, Heartbeat, WireError};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub use p2p::RequestFailure;
+
+/// Something the node wants its runtime to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send these bytes as one datagram to the cluster's multicast group (or hub).
+    Group(Bytes),
+    /// Open (or reuse) an HTTP/1.1 connection to `to`, write `request`, read one response and
+    /// hand it to [`Node::handle_http_response`] with `id` (or a [`RequestFailure`]).
+    Request {
+        /// Names the request in the answer.
+        id: RequestId,
+        /// The member's point-to-point address.
+        to: SocketAddr,
+        /// The complete encoded HTTP request.
+        request: Bytes,
+    },
+}
+
+/// Misuse of the node's command API. The node's state is unchanged by a refused command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The node has left the cluster; it accepts no more commands.
+    #[error("the node has left the cluster")]
+    Left,
+    /// A service name must not be empty.
+    #[error("empty service name")]
+    EmptyName,
+    /// A name, value or topic is longer than the configured limit.
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    TooLong {
+        /// `"name"`, `"value"` or `"topic"`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit (`max_name_len`, `max_value_len` or `max_topic_len`).
+        max: usize,
+    },
+    /// This node already offers `max_offers_per_member` services.
+    #[error("already offering the maximum of {max} services")]
+    TooManyOffers {
+        /// `max_offers_per_member`.
+        max: usize,
+    },
+    /// The encoded message is larger than `max_message_size`.
+    #[error("message of {len} bytes exceeds max_message_size {max}")]
+    MessageTooLarge {
+        /// Encoded length.
+        len: usize,
+        /// `max_message_size`.
+        max: usize,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Listening to find out who is there.
+    Discovering { until: Instant },
+    /// One state-dump request in flight; `tried` are the members asked so far.
+    Dumping { id: RequestId, tried: Vec<MemberKey> },
+    /// In sync (or recovering per member).
+    Joined,
+}
+
+#[derive(Debug, Clone)]
+enum Purpose {
+    Recovery {
+        member: MemberKey,
+        incarnation: u64,
+        channel: Channel,
+    },
+    Probe {
+        member: MemberKey,
+        incarnation: u64,
+    },
+    Dump {
+        member: MemberKey,
+    },
+}
+
+#[derive(Debug)]
+struct Pending {
+    purpose: Purpose,
+    deadline: Instant,
+}
+
+/// One cluster member: a sans-IO state machine that never reads a clock, opens a socket,
+/// spawns a thread or draws randomness of its own.
+///
+/// # Driving a node
+///
+/// The owner (a runtime) feeds it input and drains its output:
+///
+/// - **handle**: [`handle_datagram`](Node::handle_datagram) for every group datagram,
+///   [`handle_http_request`](Node::handle_http_request) for every point-to-point request it
+///   serves, [`handle_http_response`](Node::handle_http_response) for the outcome of every
+///   request the node asked for, [`handle_timeout`](Node::handle_timeout) when the time from
+///   [`poll_timeout`](Node::poll_timeout) is reached (calling it early or twice is harmless);
+/// - **commands**: [`bind`](Node::bind), [`unbind`](Node::unbind), [`publish`](Node::publish),
+///   [`set_load`](Node::set_load), [`leave`](Node::leave);
+/// - **poll**: after each input or command, drain [`poll_transmit`](Node::poll_transmit) and
+///   [`poll_event`](Node::poll_event) until they return `None`, then wait for input or until
+///   [`poll_timeout`](Node::poll_timeout).
+///
+/// Every `now` is a monotonic instant and must never go backwards between calls. Commands
+/// issued between two drains of `poll_transmit` form one *tick*: their naming changes are
+/// coalesced into one announcement and their messages are bundled into as few datagrams as fit.
+///
+/// ```no_run
+/// use hybridcast_core::{Config, Identity, Node, Transmit};
+/// use std::time::Instant;
+///
+/// let id = Identity::new("prod", Identity::clone_name("web", 1), 1, "127.0.0.1:7070".parse().unwrap());
+/// let mut node = Node::new(Config::default(), id, Instant::now(), 42).unwrap();
+/// node.bind("orders", "127.0.0.1:9000").unwrap();
+/// loop {
+///     let now = Instant::now(); // the runtime's clock, never the core's
+///     // ... feed received datagrams: node.handle_datagram(now, from, bytes);
+///     node.handle_timeout(now);
+///     while let Some(t) = node.poll_transmit() {
+///         match t {
+///             Transmit::Group(_datagram) => { /* send to the multicast group */ }
+///             Transmit::Request { .. } => { /* perform the HTTP request */ }
+///         }
+///     }
+///     while let Some(event) = node.poll_event() {
+///         println!("{event:?}");
+///     }
+///     let _sleep_until = node.poll_timeout();
+///     # break;
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    identity: Identity,
+    key: MemberKey,
+    cluster: ClusterId,
+    rng: Rng,
+    load: u32,
+    phase: Phase,
+    left: bool,
+    members: HashMap<MemberKey, Member>,
+    registry: Registry,
+    selector: Selector,
+    announced: BTreeMap<String, String>,
+    touched: BTreeSet<String>,
+    senders: [Sender; 2],
+    limits: ReceiverLimits,
+    requests: HashMap<RequestId, Pending>,
+    next_request: u64,
+    next_heartbeat: Instant,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    scratch: Vec<Event>,
+    conflicts_reported: BTreeSet<u64>,
+    stats: Stats,
+}
+
+impl Node {
+    /// Builds a node after validating `config` and `identity`. `rng_seed` is the only source
+    /// of randomness (retry jitter, random selection).
+    pub fn new(
+        config: Config,
+        identity: Identity,
+        now: Instant,
+        rng_seed: u64,
+    ) -> Result<Node, ConfigError> {
+        config.validate()?;
+        identity.validate()?;
+        let limits = ReceiverLimits {
+            max_bytes: config.max_cached_bytes_per_sender,
+            max_messages: config.max_cached_messages_per_sender,
+            max_message_size: config.max_message_size,
+            max_fragments: config.max_fragments_per_message,
+            grace: config.reorder_grace,
+            backoff_initial: config.recovery_backoff_initial,
+            backoff_max: config.recovery_backoff_max,
+        };
+        let senders = [
+            Sender::new(Channel::State, Retention::new(0, 0)),
+            Sender::new(
+                Channel::Log,
+                Retention::new(config.log_retention_messages, config.log_retention_bytes),
+            ),
+        ];
+        Ok(Node {
+            key: MemberKey::of(&identity.name),
+            cluster: ClusterId::of(&identity.cluster),
+            rng: Rng::new(rng_seed),
+            load: 0,
+            phase: Phase::Discovering {
+                until: now + config.discovery_period,
+            },
+            left: false,
+            members: HashMap::new(),
+            registry: Registry::default(),
+            selector: Selector::default(),
+            announced: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            senders,
+            limits,
+            requests: HashMap::new(),
+            next_request: 1,
+            next_heartbeat: now,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+            conflicts_reported: BTreeSet::new(),
+            stats: Stats::default(),
+            config,
+            identity,
+        })
+    }
+
+    // ----- getters -----
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// This node's member key.
+    pub fn key(&self) -> MemberKey {
+        self.key
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// True once the join finished (see [`Event::Joined`]).
+    pub fn is_joined(&self) -> bool {
+        matches!(self.phase, Phase::Joined)
+    }
+
+    /// True after [`Node::leave`].
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// The cluster view: every live member's offers, this node's included.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Remote members tracked (live ones and remembered departed ones).
+    pub fn members(&self) -> impl Iterator<Item = MemberInfo> + '_ {
+        self.members.values().map(Member::info)
+    }
+
+    /// One remote member.
+    pub fn member(&self, key: MemberKey) -> Option<MemberInfo> {
+        self.members.get(&key).map(Member::info)
+    }
+
+    /// Last sequence sent on each channel by this node.
+    pub fn last_sent(&self, channel: Channel) -> u64 {
+        self.senders[channel.index()].last_seq()
+    }
+
+    /// Point-to-point requests currently in flight.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Counters, with member gauges filled in.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        for m in self.members.values() {
+            match m.state {
+                MemberState::Alive => s.members_alive += 1,
+                MemberState::Suspect => s.members_suspect += 1,
+                MemberState::Failed => s.members_failed += 1,
+                MemberState::Left => s.members_left += 1,
+            }
+        }
+        s
+    }
+
+    /// Bytes held in receive caches for all members (bounded by `max_cached_bytes_per_sender`
+    /// per member).
+    pub fn cached_bytes(&self) -> usize {
+        self.members.values().map(|m| m.budget.bytes).sum()
+    }
+
+    /// Picks a provider of `name` with `strategy`, skipping members that are not alive and
+    /// providers in quarantine.
+    pub fn select(&mut self, now: Instant, name: &str, strategy: Strategy<'_>) -> Option<Provider> {
+        let candidates: Vec<(Provider, u32)> = self
+            .registry
+            .pool(name)
+            .filter_map(|p| {
+                if p.member == self.key {
+                    return Some((p, self.load));
+                }
+                let m = self.members.get(&p.member)?;
+                (m.state == MemberState::Alive).then(|| (p, m.load))
+            })
+            .collect();
+        self.selector
+            .select(now, name, strategy, self.key, candidates, &mut self.rng)
+    }
+
+    /// The application found `member` failing: selection skips it for `provider_quarantine`.
+    pub fn report_failed(&mut self, now: Instant, member: MemberKey) {
+        self.selector
+            .quarantine(member, now + self.config.provider_quarantine);
+    }
+
+    // ----- commands -----
+
+    /// Offers `name` with `value` (replacing a previous value). Announced at the end of the tick.
+    pub fn bind(&mut self, name: &str, value: &str) -> Result<(), CommandError> {
+        self.check_live()?;
+        if name.is_empty() {
+            return Err(CommandError::EmptyName);
+        }
+        check_len("name", name.len(), self.config.max_name_len)?;
+        check_len("value", value.len(), self.config.max_value_len)?;
+        let mut events = std::mem::take(&mut self.scratch);
+        let ok = self.registry.bind(
+            self.key,
+            name,
+            value,
+            self.config.max_offers_per_member,
+            &mut events,
+        );
+        self.push_events(&mut events);
+        self.scratch = events;
+        if !ok {
+            return Err(CommandError::TooManyOffers {
+                max: self.config.max_offers_per_member,
+            });
+        }
+        self.touched.insert(name.to_owned());
+        Ok(())
+    }
+
+    /// Withdraws the offer of `name`; returns whether there was one.
+    pub fn unbind(&mut self, name: &str) -> Result<bool, CommandError> {
+        self.check_live()?;
+        let mut events = std::mem::take(&mut self.scratch);
+        let had = self.registry.unbind(self.key, name, &mut events);
+        self.push_events(&mut events);
+        self.scratch = events;
+        if had {
+            self.touched.insert(name.to_owned());
+        }
+        Ok(had)
+    }
+
+    /// Publishes `payload` on `topic` to every member; returns its log-channel sequence.
+    pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) -> Result<u64, CommandError> {
+        self.check_live()?;
+        check_len("topic", topic.len(), self.config.max_topic_len)?;
+        let msg = Published {
+            topic: topic.to_owned(),
+            payload: payload.into(),
+        };
+        let bytes = codec::encode(&msg).map_err(|_| CommandError::MessageTooLarge {
+            len: msg.payload.len(),
+            max: self.config.max_message_size,
+        })?;
+        if bytes.len() > self.config.max_message_size {
+            return Err(CommandError::MessageTooLarge {
+                len: bytes.len(),
+                max: self.config.max_message_size,
+            });
+        }
+        Ok(self.senders[Channel::Log.index()].push(Bytes::from(bytes)))
+    }
+
+    /// Sets the load reported in heartbeats (used by weight-by-load selection).
+    pub fn set_load(&mut self, load: u32) {
+        self.load = load;
+    }
+
+    /// Leaves the cluster: pending output is flushed, a Leave datagram is queued, and the node
+    /// stops reacting to input. Drain `poll_transmit` once more to send it.
+    pub fn leave(&mut self) {
+        if self.left {
+            return;
+        }
+        self.flush();
+        self.out.push_back(Transmit::Group(wire::encode_leave(&self.header())));
+        self.left = true;
+        self.requests.clear();
+    }
+
+    fn check_live(&self) -> Result<(), CommandError> {
+        if self.left {
+            Err(CommandError::Left)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ----- poll -----
+
+    /// The next thing to send, if any. Draining it ends the current tick.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.left {
+            self.flush();
+        }
+        let t = self.out.pop_front()?;
+        if let Transmit::Group(d) = &t {
+            self.stats.datagrams_out += 1;
+            self.stats.bytes_out += d.len() as u64;
+        }
+        Some(t)
+    }
+
+    /// The next event for the owner, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called; `None` after leaving.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
+        }
+        let mut t = self.next_heartbeat;
+        let mut consider = |d: Option<Instant>| {
+            if let Some(d) = d {
+                t = t.min(d);
+            }
+        };
+        if let Phase::Discovering { until } = self.phase {
+            consider(Some(until));
+        }
+        for p in self.requests.values() {
+            consider(Some(p.deadline));
+        }
+        let joined = self.is_joined();
+        let suspect_after = self.config.suspect_timeout();
+        for m in self.members.values() {
+            match m.state {
+                MemberState::Alive => consider(Some(m.last_heard + suspect_after)),
+                MemberState::Suspect => {}
+                MemberState::Failed | MemberState::Left => {
+                    consider(m.departed_at.map(|d| d + self.config.tombstone_ttl));
+                }
+            }
+            if joined && m.state.is_live() {
+                for r in &m.receivers {
+                    consider(r.deadline());
+                }
+            }
+        }
+        Some(t)
+    }
+
+    // ----- handle -----
+
+    /// Handles one group datagram. Malformed, foreign and stale datagrams are dropped and
+    /// counted in [`Stats::drops`]; nothing here can fail.
+    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, datagram: Bytes) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        if self.left {
+            return;
+        }
+        let d = match wire::decode(&datagram) {
+            Ok(d) => d,
+            Err(e) => {
+                self.count_wire_error(e);
+                return;
+            }
+        };
+        if d.header.cluster != self.cluster {
+            self.stats.drops.wrong_cluster += 1;
+            return;
+        }
+        if d.header.sender == self.key {
+            self.on_own_key(d.header, &d.body);
+            return;
+        }
+        match d.body {
+            Body::Heartbeat(hb) => self.on_heartbeat(now, d.header, hb),
+            Body::Fragments(frags) => self.on_fragments(now, d.header, frags),
+            Body::Leave => self.on_leave(now, d.header),
+        }
+    }
+
+    /// Fires whatever timers are due at `now`: heartbeats, join steps, request timeouts,
+    /// suspicion and probes, recovery requests. Calling it early is a no-op.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.flush();
+            let hb = self.heartbeat();
+            self.out.push_back(Transmit::Group(wire::encode_heartbeat(&self.header(), &hb)));
+            let interval = self.config.heartbeat_interval;
+            self.next_heartbeat = if self.next_heartbeat + interval > now {
+                self.next_heartbeat + interval
+            } else {
+                now + interval
+            };
+        }
+        if let Phase::Discovering { until } = self.phase {
+            if now >= until {
+                self.start_dump(now, Vec::new());
+            }
+        }
+        let expired: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.requests.remove(&id) {
+                self.request_failed(now, id, p.purpose);
+            }
+        }
+        self.check_members(now);
+    }
+
+    fn check_members(&mut self, now: Instant) {
+        let suspect_after = self.config.suspect_timeout();
+        let ttl = self.config.tombstone_ttl;
+        self.members
+            .retain(|_, m| m.state.is_live() || m.departed_at.is_none_or(|d| d + ttl > now));
+        let joined = self.is_joined();
+        let keys: Vec<MemberKey> = self.members.keys().copied().collect();
+        for key in keys {
+            let Some(m) = self.members.get_mut(&key) else {
+                continue;
+            };
+            if m.state == MemberState::Alive && now >= m.last_heard + suspect_after {
+                m.state = MemberState::Suspect;
+                let peer = peer_of(m);
+                self.push_event(Event::MemberSuspect { peer });
+                self.start_probe(now, key);
+                continue;
+            }
+            if !joined || !m.state.is_live() {
+                continue;
+            }
+            for channel in Channel::ALL {
+                let Some(m) = self.members.get(&key) else {
+                    break;
+                };
+                if let Some(ask) = m.receivers[channel.index()].poll_ask(now) {
+                    self.start_recovery(now, key, channel, ask);
+                }
+            }
+        }
+    }
+
+    // ----- internals: datagrams -----
+
+    fn count_wire_error(&mut self, _e: WireError) {
+        self.stats.drops.malformed += 1;
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            cluster: self.cluster,
+            sender: self.key,
+            incarnation: self.identity.incarnation,
+        }
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            cluster_name: self.identity.cluster.clone(),
+            name: self.identity.name.clone(),
+            http_addr: self.identity.http_addr,
+            host_id: self.identity.host_id.clone(),
+            load: self.load,
+            interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+            joining: !self.is_joined(),
+            last_seq: Channel::ALL
+                .iter()
+                .map(|c| (*c, self.senders[c.index()].last_seq()))
+                .collect(),
+        }
+    }
+
+    /// Our own key: our loopback copy, or another process using our name.
+    fn on_own_key(&mut self, h: Header, body: &Body) {
+        let ours = self.identity.incarnation;
+        let Body::Heartbeat(hb) = body else {
+            self.stats.drops.own += 1;
+            return;
+        };
+        if h.incarnation == ours && hb.http_addr == self.identity.http_addr {
+            self.stats.drops.own += 1;
+            return;
+        }
+        self.stats.drops.stale_incarnation += 1;
+        let we_win = (ours, self.identity.http_addr) > (h.incarnation, hb.http_addr);
+        if self.conflicts_reported.insert(h.incarnation) {
+            let (winner, loser) = if we_win {
+                (ours, h.incarnation)
+            } else {
+                (h.incarnation, ours)
+            };
+            self.push_event(Event::NameConflict {
+                name: self.identity.name.clone(),
+                winner_incarnation: winner,
+                loser_incarnation: loser,
+                this_node_lost: !we_win,
+            });
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, h: Header, hb: Heartbeat) {
+        if ClusterId::of(&hb.cluster_name) != h.cluster || MemberKey::of(&hb.name) != h.sender {
+            self.stats.drops.bad_identity += 1;
+            return;
+        }
+        let key = h.sender;
+        let admitted = match self.members.get_mut(&key) {
+            None => self.admit(now, key, &hb.name, h.incarnation, hb.http_addr),
+            Some(m) if h.incarnation < m.incarnation => {
+                self.stats.drops.stale_incarnation += 1;
+                if m.state.is_live() && hb.http_addr != m.http_addr {
+                    m.conflict_evidence += 1;
+                    if m.conflict_evidence == 2 {
+                        let (name, winner) = (m.name.clone(), m.incarnation);
+                        self.push_event(Event::NameConflict {
+                            name,
+                            winner_incarnation: winner,
+                            loser_incarnation: h.incarnation,
+                            this_node_lost: false,
+                        });
+                    }
+                }
+                return;
+            }
+            Some(m) if h.incarnation > m.incarnation => {
+                let old = m.incarnation;
+                let was_live = m.state.is_live();
+                self.replace_member(now, key, &hb.name, h.incarnation, hb.http_addr);
+                if was_live {
+                    if let Some(m) = self.members.get(&key) {
+                        let peer = peer_of(m);
+                        self.push_event(Event::MemberRestarted {
+                            peer,
+                            old_incarnation: old,
+                        });
+                    }
+                } else {
+                    self.announce_joined(key);
+                }
+                true
+            }
+            Some(m) => match m.state {
+                MemberState::Left => {
+                    self.stats.drops.stale_incarnation += 1;
+                    return;
+                }
+                MemberState::Failed => {
+                    // Declared failed, yet alive: it was cut off. Readmit it with fresh state.
+                    self.replace_member(now, key, &hb.name, h.incarnation, hb.http_addr);
+                    self.announce_joined(key);
+                    true
+                }
+                MemberState::Alive | MemberState::Suspect => {
+                    m.last_heard = now;
+                    if m.state == MemberState::Suspect {
+                        m.state = MemberState::Alive;
+                        let peer = peer_of(m);
+                        self.push_event(Event::MemberAlive { peer });
+                    }
+                    true
+                }
+            },
+        };
+        if !admitted {
+            return;
+        }
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        m.load = hb.load;
+        m.joining = hb.joining;
+        m.http_addr = hb.http_addr;
+        m.host_id = hb.host_id;
+        for (channel, last) in hb.last_seq {
+            m.receivers[channel.index()].on_last_seq(now, last, &self.limits);
+        }
+    }
+
+    /// Adds a member never seen before; false if the table is full.
+    fn admit(
+        &mut self,
+        now: Instant,
+        key: MemberKey,
+        name: &str,
+        incarnation: u64,
+        http_addr: SocketAddr,
+    ) -> bool {
+        if self.members.len() >= self.config.max_members {
+            // Make room by forgetting the oldest departed member, if there is one.
+            let oldest = self
+                .members
+                .values()
+                .filter(|m| !m.state.is_live())
+                .min_by_key(|m| m.departed_at)
+                .map(|m| m.key);
+            match oldest {
+                Some(k) => {
+                    self.members.remove(&k);
+                }
+                None => {
+                    self.stats.drops.members_over_limit += 1;
+                    return false;
+                }
+            }
+        }
+        self.members
+            .insert(key, Member::new(key, name.to_owned(), incarnation, http_addr, now));
+        self.announce_joined(key);
+        true
+    }
+
+    fn announce_joined(&mut self, key: MemberKey) {
+        if let Some(m) = self.members.get(&key) {
+            let (peer, http_addr) = (peer_of(m), m.http_addr);
+            self.push_event(Event::MemberJoined { peer, http_addr });
+        }
+    }
+
+    /// Replaces `key`'s entry by a fresh live one (restart or readmission); old offers go.
+    fn replace_member(
+        &mut self,
+        now: Instant,
+        key: MemberKey,
+        name: &str,
+        incarnation: u64,
+        http_addr: SocketAddr,
+    ) {
+        self.remove_offers(key);
+        self.selector.release(key);
+        self.members
+            .insert(key, Member::new(key, name.to_owned(), incarnation, http_addr, now));
+    }
+
+    fn remove_offers(&mut self, key: MemberKey) {
+        let mut events = std::mem::take(&mut self.scratch);
+        self.registry.remove_member(key, &mut events);
+        self.push_events(&mut events);
+        self.scratch = events;
+    }
+
+    /// Marks a live member departed (failed or left) and removes its offers.
+    fn depart(&mut self, now: Instant, key: MemberKey, state: MemberState) {
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        if !m.state.is_live() {
+            return;
+        }
+        m.depart(state, now);
+        let peer = peer_of(m);
+        self.remove_offers(key);
+        self.requests.retain(|_, p| match &p.purpose {
+            Purpose::Recovery { member, .. } | Purpose::Probe { member, .. } => *member != key,
+            Purpose::Dump { .. } => true,
+        });
+        self.push_event(match state {
+            MemberState::Left => Event::MemberLeft { peer },
+            _ => Event::MemberFailed { peer },
+        });
+    }
+
+    fn on_leave(&mut self, now: Instant, h: Header) {
+        match self.members.get(&h.sender) {
+            Some(m) if m.incarnation == h.incarnation && m.state.is_live() => {
+                self.depart(now, h.sender, MemberState::Left);
+            }
+            Some(m) if m.incarnation < h.incarnation => {
+                // A newer incarnation we never heard from leaves: the old one is gone too.
+                self.depart(now, h.sender, MemberState::Left);
+                if let Some(m) = self.members.get_mut(&h.sender) {
+                    m.incarnation = h.incarnation;
+                }
+            }
+            Some(_) => self.stats.drops.stale_incarnation += 1,
+            None => self.stats.drops.unknown_member += 1,
+        }
+    }
+
+    fn on_fragments(&mut self, now: Instant, h: Header, frags: Vec<wire::Fragment>) {
+        let Some(m) = self.members.get_mut(&h.sender) else {
+            self.stats.drops.unknown_member += frags.len() as u64;
+            return;
+        };
+        if m.incarnation != h.incarnation || !m.state.is_live() {
+            if h.incarnation > m.incarnation {
+                // Its heartbeat will introduce the new incarnation.
+                self.stats.drops.unknown_member += frags.len() as u64;
+            } else {
+                self.stats.drops.stale_incarnation += frags.len() as u64;
+            }
+            return;
+        }
+        m.last_heard = now;
+        let mut deliveries: [Vec<Delivery>; 2] = [Vec::new(), Vec::new()];
+        for f in frags {
+            let c = f.channel.index();
+            let outcome =
+                m.receivers[c].on_fragment(now, f, &mut m.budget, &self.limits, &mut deliveries[c]);
+            let drops = &mut self.stats.drops;
+            match outcome {
+                FragmentOutcome::Accepted => {}
+                FragmentOutcome::Duplicate => drops.duplicate += 1,
+                FragmentOutcome::TooLarge => drops.too_large += 1,
+                FragmentOutcome::Inconsistent => drops.inconsistent += 1,
+                FragmentOutcome::CacheFull => drops.cache_full += 1,
+            }
+        }
+        if m.state == MemberState::Suspect {
+            m.state = MemberState::Alive;
+            let peer = peer_of(m);
+            self.push_event(Event::MemberAlive { peer });
+        }
+        for channel in Channel::ALL {
+            let d = std::mem::take(&mut deliveries[channel.index()]);
+            if !d.is_empty() {
+                self.deliver(h.sender, channel, d);
+            }
+        }
+    }
+
+    /// Applies delivered messages of `member` on `channel`, in order.
+    fn deliver(&mut self, member: MemberKey, channel: Channel, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            match d {
+                Delivery::Message { seq, payload } => {
+                    self.stats.messages_delivered += 1;
+                    match channel {
+                        Channel::State => self.apply_announcement(member, &payload),
+                        Channel::Log => {
+                            match codec::decode::<Published>(&payload, self.config.max_message_size) {
+                                Ok(p) => self.push_event(Event::Message {
+                                    member,
+                                    seq,
+                                    topic: p.topic,
+                                    payload: p.payload,
+                                }),
+                                Err(_) => self.stats.drops.bad_payload += 1,
+                            }
+                        }
+                    }
+                }
+                Delivery::Gap { from, to } => {
+                    self.stats.gaps += 1;
+                    self.stats.gap_messages += to - from + 1;
+                    self.push_event(Event::Gap {
+                        member,
+                        channel,
+                        range: from..=to,
+                    });
+                }
+            }
+        }
+    }
+
+    fn apply_announcement(&mut self, member: MemberKey, payload: &[u8]) {
+        let Ok(a) = codec::decode::<Announcement>(payload, self.config.max_message_size) else {
+            self.stats.drops.bad_payload += 1;
+            return;
+        };
+        let mut events = std::mem::take(&mut self.scratch);
+        for change in a.changes {
+            match change {
+                NamingChange::Bind(name, value) => {
+                    if name.len() > self.config.max_name_len || value.len() > self.config.max_value_len {
+                        self.stats.drops.bad_payload += 1;
+                    } else if !self.registry.bind(
+                        member,
+                        &name,
+                        &value,
+                        self.config.max_offers_per_member,
+                        &mut events,
+                    ) {
+                        self.stats.drops.offers_over_limit += 1;
+                    }
+                }
+                NamingChange::Unbind(name) => {
+                    self.registry.unbind(member, &name, &mut events);
+                }
+            }
+        }
+        self.push_events(&mut events);
+        self.scratch = events;
+    }
+
+    /// Ends the tick: coalesces naming changes into one announcement and packs queued messages.
+    fn flush(&mut self) {
+        if !self.touched.is_empty() {
+            let mut batches = Vec::new();
+            let mut changes = Vec::new();
+            let mut size = 0usize;
+            let own = self.registry.offers_of(self.key);
+            for name in std::mem::take(&mut self.touched) {
+                let now_value = own.and_then(|o| o.get(&name));
+                if now_value == self.announced.get(&name) {
+                    continue;
+                }
+                size += name.len() + now_value.map_or(0, String::len) + 16;
+                match now_value {
+                    Some(v) => {
+                        self.announced.insert(name.clone(), v.clone());
+                        changes.push(NamingChange::Bind(name, v.clone()));
+                    }
+                    None => {
+                        self.announced.remove(&name);
+                        changes.push(NamingChange::Unbind(name));
+                    }
+                }
+                // Keep each announcement well inside max_message_size.
+                if size >= self.config.max_message_size / 2 {
+                    batches.push(std::mem::take(&mut changes));
+                    size = 0;
+                }
+            }
+            if !changes.is_empty() {
+                batches.push(changes);
+            }
+            for changes in batches {
+                self.push_announcement(changes);
+            }
+        }
+        if self.senders.iter().any(Sender::has_queued) {
+            let mut datagrams = VecDeque::new();
+            {
+                let mut packer = Packer::new(self.header(), self.config.max_datagram_size, &mut datagrams);
+                for s in &mut self.senders {
+                    s.pack(&mut packer);
+                }
+            }
+            self.out.extend(datagrams.into_iter().map(Transmit::Group));
+        }
+    }
+
+    fn push_announcement(&mut self, changes: Vec<NamingChange>) {
+        match codec::encode(&Announcement { changes }) {
+            Ok(bytes) => {
+                self.senders[Channel::State.index()].push(Bytes::from(bytes));
+            }
+            Err(_) => debug_assert!(false, "announcements always encode"),
+        }
+    }
+
+    // ----- internals: events -----
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= self.config.max_queued_events {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn push_events(&mut self, events: &mut Vec<Event>) {
+        for e in events.drain(..) {
+            self.push_event(e);
+        }
+    }
+
+    fn next_request_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
+    }
+
+    /// Rendezvous rank of `member` for this node (used to pick the state-dump source).
+    fn rank(&self, member: MemberKey) -> u64 {
+        stable_hash(&[&self.key.0.to_be_bytes(), &member.0.to_be_bytes()])
+    }
+}
+
+fn peer_of(m: &Member) -> Peer {
+    Peer {
+        key: m.key,
+        name: m.name.clone(),
+        incarnation: m.incarnation,
+    }
+}
+
+fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), CommandError> {
+    if len > max {
+        Err(CommandError::TooLong { what, len, max })
+    } else {
+        Ok(())
+    }
+}

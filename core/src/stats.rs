@@ -1,0 +1,82 @@
+//! Counters a node keeps about itself. All are totals since the node was built, except the
+//! member gauges, which describe the current table.
+
+/// Datagrams dropped, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Not a well-formed hybridcast datagram (any [`crate::wire::WireError`]).
+    pub malformed: u64,
+    /// A well-formed datagram of another cluster.
+    pub wrong_cluster: u64,
+    /// This node's own datagram, looped back.
+    pub own: u64,
+    /// From an older incarnation of a member, or a member that has left.
+    pub stale_incarnation: u64,
+    /// Fragments of a member not known yet (before its first heartbeat), or from an unknown channel.
+    pub unknown_member: u64,
+    /// Member table full.
+    pub members_over_limit: u64,
+    /// Fragment of a message above `max_message_size` or `max_fragments_per_message`.
+    pub too_large: u64,
+    /// Fragment that did not fit the per-sender cache.
+    pub cache_full: u64,
+    /// Fragment contradicting earlier fragments of the same message.
+    pub inconsistent: u64,
+    /// Fragment already received or already delivered.
+    pub duplicate: u64,
+    /// Delivered message whose payload could not be decoded.
+    pub bad_payload: u64,
+    /// Remote offers ignored because the member exceeded `max_offers_per_member`.
+    pub offers_over_limit: u64,
+    /// Heartbeat whose names do not hash to its header's ids.
+    pub bad_identity: u64,
+}
+
+/// A node's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams handed to `handle_datagram`.
+    pub datagrams_in: u64,
+    /// Bytes handed to `handle_datagram`.
+    pub bytes_in: u64,
+    /// Group datagrams produced by `poll_transmit`.
+    pub datagrams_out: u64,
+    /// Bytes of group datagrams produced.
+    pub bytes_out: u64,
+    /// Drops by reason.
+    pub drops: Drops,
+    /// Sequenced messages delivered (announcements and published messages).
+    pub messages_delivered: u64,
+    /// Gap events reported.
+    pub gaps: u64,
+    /// Messages covered by gap events.
+    pub gap_messages: u64,
+    /// Recovery requests sent.
+    pub recoveries_requested: u64,
+    /// Recovery requests this node answered.
+    pub recoveries_served: u64,
+    /// Recovery requests that failed or timed out.
+    pub recoveries_failed: u64,
+    /// Recovery answers that brought nothing new.
+    pub recoveries_spurious: u64,
+    /// State-dump requests sent (joins).
+    pub dump_requests: u64,
+    /// State-dump requests answered.
+    pub dumps_served: u64,
+    /// Probes sent.
+    pub probes_sent: u64,
+    /// Point-to-point requests answered with an error status.
+    pub http_errors: u64,
+    /// Responses that arrived for a request no longer waited for.
+    pub stale_responses: u64,
+    /// Events dropped because the owner did not drain them (`max_queued_events`).
+    pub events_dropped: u64,
+    /// Members currently alive.
+    pub members_alive: u64,
+    /// Members currently suspect.
+    pub members_suspect: u64,
+    /// Departed members remembered (failed).
+    pub members_failed: u64,
+    /// Departed members remembered (left).
+    pub members_left: u64,
+}
