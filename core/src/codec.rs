@@ -3,8 +3,8 @@
 //!
 //! bincode is unmaintained (RUSTSEC-2025-0141), so nothing else in the crate names it. Decoding
 //! refuses input longer than the caller's bound, sets bincode's allocation limit to a tier just
-//! above the input's length (so a short input cannot claim a large allocation), and rejects
-//! trailing bytes.
+//! above the input's length (so a short input cannot claim a large allocation of strings or
+//! byte buffers), and rejects trailing bytes.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,15 +47,21 @@ macro_rules! decode_tiers {
                 return finish(bincode::serde::decode_from_slice(bytes, cfg), len);
             }
         )+
-        Err(CodecError::TooLarge { len, limit: 1 << 30 })
+        Err(CodecError::TooLarge { len, limit: MAX_BODY })
     }};
 }
 
-/// Decodes a `T` from all of `bytes`, refusing inputs longer than `max_len`.
+/// Longest body the codec decodes (256 MiB).
+pub const MAX_BODY: usize = 268_435_456;
+
+/// Decodes a `T` from all of `bytes`, refusing inputs longer than `max_len` (and than
+/// [`MAX_BODY`]).
 ///
-/// bincode's allocation limit is four times the smallest power-of-four tier (from 1 KiB to
-/// 1 GiB) that holds the input, so no input can make the decoder allocate much more than its own
-/// length.
+/// bincode's allocation limit — which covers strings and byte buffers — is four times the
+/// smallest power-of-four tier (1 KiB to 256 MiB) that holds the input. Sequences decoded through
+/// serde pre-allocate at most 1 MiB and then grow only as elements are actually read, so every
+/// allocation is bounded by a small multiple of the input's length (each element's in-memory size
+/// over its smallest encoding).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, CodecError> {
     if bytes.len() > max_len {
         return Err(CodecError::TooLarge {
@@ -64,17 +70,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, Co
         });
     }
     decode_tiers!(
-        bytes,
-        1024,
-        4096,
-        16384,
-        65536,
-        262144,
-        1048576,
-        4194304,
-        16777216,
-        67108864,
-        268435456
+        bytes, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864, 268435456
     )
 }
 

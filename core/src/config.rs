@@ -25,6 +25,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Smallest `max_datagram_size` accepted.
+pub const MIN_DATAGRAM: usize = 256;
+
 /// Who this member is. Sent in every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -81,7 +84,11 @@ fn check_wire_string(field: &'static str, s: &str, may_be_empty: bool) -> Result
     if s.len() > wire::MAX_WIRE_STRING {
         return Err(invalid(
             field,
-            format!("{} bytes, at most {} allowed", s.len(), wire::MAX_WIRE_STRING),
+            format!(
+                "{} bytes, at most {} allowed",
+                s.len(),
+                wire::MAX_WIRE_STRING
+            ),
         ));
     }
     Ok(())
@@ -120,7 +127,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// Interval between heartbeats. Default 1 s.
     pub heartbeat_interval: Duration,
-    /// Heartbeat intervals without any datagram from a member before it is suspect. Default 3.
+    /// Heartbeat intervals without any datagram from a member before it is suspect (plus half an
+    /// interval of slack for delivery jitter). Default 3.
     pub suspect_after_intervals: u32,
     /// Time a probe (and any other request) may take before it counts as failed. Default 2 s.
     pub request_timeout: Duration,
@@ -155,11 +163,7 @@ impl Default for Config {
             max_value_len: 4096,
             max_topic_len: 256,
             max_queued_events: 65_536,
-            http: HttpLimits {
-                max_header_bytes: 8 << 10,
-                max_headers: 32,
-                max_body_bytes: 64 << 20,
-            },
+            http: HttpLimits::default(),
             heartbeat_interval,
             suspect_after_intervals: 3,
             request_timeout: Duration::from_secs(2),
@@ -176,7 +180,7 @@ impl Default for Config {
 impl Config {
     /// Checks every field; the error names the first one that cannot be used.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let min_dgram = wire::HEADER_LEN + wire::FRAGMENTS_PREFIX_LEN + wire::FRAGMENT_OVERHEAD + 64;
+        let min_dgram = MIN_DATAGRAM;
         if self.max_datagram_size < min_dgram || self.max_datagram_size > wire::MAX_UDP_PAYLOAD {
             return Err(invalid(
                 "max_datagram_size",
@@ -210,7 +214,10 @@ impl Config {
             ));
         }
         let nonzero: [(&'static str, usize); 10] = [
-            ("max_cached_messages_per_sender", self.max_cached_messages_per_sender),
+            (
+                "max_cached_messages_per_sender",
+                self.max_cached_messages_per_sender,
+            ),
             ("log_retention_messages", self.log_retention_messages),
             ("log_retention_bytes", self.log_retention_bytes),
             ("max_members", self.max_members),
@@ -225,6 +232,27 @@ impl Config {
             if v == 0 {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if self.http.max_body_bytes > crate::codec::MAX_BODY {
+            return Err(invalid(
+                "http.max_body_bytes",
+                format!(
+                    "must be at most {} (the codec's limit)",
+                    crate::codec::MAX_BODY
+                ),
+            ));
+        }
+        if self.max_message_size.saturating_mul(2) + 8192 > self.http.max_body_bytes {
+            return Err(invalid(
+                "max_message_size",
+                "must be at most (http.max_body_bytes - 8192) / 2, so a recovery answer can carry it",
+            ));
+        }
+        if self.max_name_len + self.max_value_len + 64 > self.max_message_size {
+            return Err(invalid(
+                "max_message_size",
+                "must hold one announcement of max_name_len + max_value_len",
+            ));
         }
         if self.http.max_header_bytes < 512 {
             return Err(invalid("http.max_header_bytes", "must be at least 512"));
@@ -274,9 +302,9 @@ impl Config {
             .max(1)
     }
 
-    /// Time without hearing from a member before it becomes suspect.
+    /// Time without hearing from a member (at this node's interval) before it becomes suspect.
     pub fn suspect_timeout(&self) -> Duration {
-        self.heartbeat_interval * self.suspect_after_intervals
+        self.heartbeat_interval * self.suspect_after_intervals + self.heartbeat_interval / 2
     }
 }
 
@@ -291,15 +319,31 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
-            ("max_datagram_size", Box::new(|c| c.max_datagram_size = 65_508)),
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "max_datagram_size",
+                Box::new(|c| c.max_datagram_size = 65_508),
+            ),
             ("max_datagram_size", Box::new(|c| c.max_datagram_size = 10)),
             ("max_message_size", Box::new(|c| c.max_message_size = 0)),
-            ("max_fragments_per_message", Box::new(|c| c.max_fragments_per_message = 3)),
+            (
+                "max_fragments_per_message",
+                Box::new(|c| c.max_fragments_per_message = 3),
+            ),
             ("max_members", Box::new(|c| c.max_members = 0)),
-            ("heartbeat_interval", Box::new(|c| c.heartbeat_interval = Duration::ZERO)),
-            ("recovery_backoff_max", Box::new(|c| c.recovery_backoff_max = Duration::from_millis(1))),
-            ("suspect_after_intervals", Box::new(|c| c.suspect_after_intervals = 0)),
+            (
+                "heartbeat_interval",
+                Box::new(|c| c.heartbeat_interval = Duration::ZERO),
+            ),
+            (
+                "recovery_backoff_max",
+                Box::new(|c| c.recovery_backoff_max = Duration::from_millis(1)),
+            ),
+            (
+                "suspect_after_intervals",
+                Box::new(|c| c.suspect_after_intervals = 0),
+            ),
             ("http.max_headers", Box::new(|c| c.http.max_headers = 1000)),
         ];
         for (field, mutate) in cases {
@@ -313,8 +357,10 @@ mod tests {
 
     #[test]
     fn max_datagram_bounds_are_accepted() {
-        let mut c = Config::default();
-        c.max_datagram_size = 65_507;
+        let c = Config {
+            max_datagram_size: 65_507,
+            ..Config::default()
+        };
         assert_eq!(c.validate(), Ok(()));
     }
 

@@ -24,12 +24,12 @@ pub struct HttpLimits {
 }
 
 impl Default for HttpLimits {
-    /// 8 KiB header section, 32 headers, 16 MiB body.
+    /// 8 KiB header section, 32 headers, 64 MiB body.
     fn default() -> Self {
         HttpLimits {
             max_header_bytes: 8 * 1024,
             max_headers: MAX_HEADERS,
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -266,6 +266,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
         _ => "Unknown",
     }
 }

@@ -1,8 +1,9 @@
 //! The datagram codec: the one place that knows the byte layout of multicast traffic.
 //!
 //! Every datagram is a fixed 32-byte [`Header`] followed by one body ([`Body`]). The exact
-//! layout, byte by byte, is in `core/WIRE.md`. Decoding is bounded by the datagram itself (it
-//! never allocates more than the datagram's length), validates every field, and rejects
+//! layout, byte by byte, is in `core/WIRE.md`. Decoding is bounded by the datagram itself (its
+//! allocations are a small constant multiple of the datagram's length), validates every field,
+//! and rejects
 //! trailing bytes; fragment payloads are zero-copy slices of the received datagram.
 
 use crate::ids::{Channel, ClusterId, MemberKey};
@@ -23,6 +24,9 @@ pub const FRAGMENT_OVERHEAD: usize = 23;
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Longest string (cluster name, member name, host id) a heartbeat carries.
 pub const MAX_WIRE_STRING: usize = 255;
+/// Largest sequence number accepted anywhere (2^62): far beyond any real sender, and it keeps
+/// every `seq + 1` in the receivers free of overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
 /// Most per-channel sequence entries one heartbeat may carry.
 pub const MAX_HEARTBEAT_CHANNELS: usize = 16;
 
@@ -187,7 +191,11 @@ fn put_header(out: &mut Vec<u8>, kind: u8, h: &Header) {
 pub fn encode_heartbeat(h: &Header, hb: &Heartbeat) -> Bytes {
     let mut out = Vec::with_capacity(HEADER_LEN + 64 + hb.name.len() + hb.cluster_name.len());
     put_header(&mut out, KIND_HEARTBEAT, h);
-    out.push(if hb.joining { HEARTBEAT_FLAG_JOINING } else { 0 });
+    out.push(if hb.joining {
+        HEARTBEAT_FLAG_JOINING
+    } else {
+        0
+    });
     out.put_u32(hb.load);
     out.put_u32(hb.interval_ms);
     match hb.http_addr.ip() {
@@ -412,7 +420,7 @@ fn decode_fragments(r: &mut Reader<'_>) -> Result<Vec<Fragment>, WireError> {
         let total_len = r.u32()?;
         let len = usize::from(r.u16()?);
         let data = r.slice(len)?;
-        if seq == 0 {
+        if seq == 0 || seq > MAX_SEQ {
             return Err(WireError::BadFragment);
         }
         match fragment_span(total_len, count, index) {
@@ -463,6 +471,9 @@ fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, WireError> {
     for _ in 0..n {
         let id = r.u8()?;
         let seq = r.u64()?;
+        if seq > MAX_SEQ {
+            return Err(WireError::BadField);
+        }
         // Channels a later version adds are skipped, not refused.
         if let Some(c) = Channel::from_wire_id(id) {
             if last_seq.iter().any(|(have, _)| *have == c) {
@@ -531,7 +542,10 @@ mod tests {
         assert_eq!(decode(&Bytes::from(v)), Err(WireError::BadMagic));
         let mut v = bytes.to_vec();
         v[4] = 2;
-        assert_eq!(decode(&Bytes::from(v)), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(
+            decode(&Bytes::from(v)),
+            Err(WireError::UnsupportedVersion(2))
+        );
         let mut v = bytes.to_vec();
         v[5] = 9;
         assert_eq!(decode(&Bytes::from(v)), Err(WireError::UnknownKind(9)));
@@ -561,9 +575,9 @@ mod tests {
     fn inconsistent_fragments_are_refused() {
         for (idx, count, total, data) in [
             (0u32, 1u32, 4u32, &b"abc"[..]), // wrong length
-            (1, 1, 3, b"abc"),                // index out of range
-            (0, 0, 3, b"abc"),                // no fragments
-            (0, 5, 3, b"a"),                  // more fragments than bytes
+            (1, 1, 3, b"abc"),               // index out of range
+            (0, 0, 3, b"abc"),               // no fragments
+            (0, 5, 3, b"a"),                 // more fragments than bytes
         ] {
             let mut p = FragmentPacker::new(&header(), 1400);
             assert!(p.push(Channel::Log, 1, idx, count, total, data));

@@ -34,7 +34,11 @@ fn offers_propagate_and_views_converge() {
     assert_eq!(c.nodes[0].node.registry().pool("orders").count(), 4);
     for n in &c.nodes {
         assert!(n.node.is_joined());
-        assert_eq!(n.node.stats().recoveries_requested, 0, "no loss, no recovery");
+        assert_eq!(
+            n.node.stats().recoveries_requested,
+            0,
+            "no loss, no recovery"
+        );
     }
     c.with(2, |n| n.unbind("orders").expect("unbind"));
     c.run_for(secs(1.0));
@@ -64,9 +68,11 @@ fn loss_is_recovered_point_to_point() {
     for round in 0..30 {
         for i in 0..4 {
             c.with(i, |n| {
-                n.bind(&format!("svc-{}", round % 7), &format!("{i}-{round}")).expect("bind");
+                n.bind(&format!("svc-{}", round % 7), &format!("{i}-{round}"))
+                    .expect("bind");
                 if round % 3 == 0 {
-                    n.unbind(&format!("svc-{}", (round + 2) % 7)).expect("unbind");
+                    n.unbind(&format!("svc-{}", (round + 2) % 7))
+                        .expect("unbind");
                 }
                 n.publish("inval", format!("{i}:{round}")).expect("publish");
             });
@@ -76,7 +82,11 @@ fn loss_is_recovered_point_to_point() {
     c.drop = Box::new(|_, _, _, _| false);
     c.run_for(secs(5.0));
     assert!(c.converged(), "divergent: {:?}", c.divergent());
-    let total: u64 = c.nodes.iter().map(|n| n.node.stats().recoveries_requested).sum();
+    let total: u64 = c
+        .nodes
+        .iter()
+        .map(|n| n.node.stats().recoveries_requested)
+        .sum();
     assert!(total > 0, "30% loss must have caused recoveries");
     assert!(c.max_recovery_in_flight <= 1);
     // Every node got every other node's 30 messages, in order, exactly once.
@@ -117,7 +127,13 @@ fn joiner_uses_one_state_dump() {
     assert_eq!(s.dump_requests, 1);
     assert_eq!(s.recoveries_requested, 0);
     assert_eq!(c.nodes[j].node.registry().len(), 100);
-    assert!(c.events(j).iter().any(|e| matches!(e, Event::Joined { via: Some(_), members: 5 })));
+    assert!(c.events(j).iter().any(|e| matches!(
+        e,
+        Event::Joined {
+            via: Some(_),
+            members: 5
+        }
+    )));
 }
 
 #[test]
@@ -133,10 +149,13 @@ fn join_falls_back_when_the_chosen_member_is_unreachable() {
         c.http_down = vec![0, 1];
         let j = c.add(&format!("web/new-{seed}"));
         c.run_for(secs(3.0));
-        let via_two = c.events(j).iter().any(|e| {
-            matches!(e, Event::Joined { via: Some(p), .. } if p.key == c.nodes[2].node.key())
-        });
-        assert!(via_two, "seed {seed}: joined through the one reachable member");
+        let via_two = c.events(j).iter().any(
+            |e| matches!(e, Event::Joined { via: Some(p), .. } if p.key == c.nodes[2].node.key()),
+        );
+        assert!(
+            via_two,
+            "seed {seed}: joined through the one reachable member"
+        );
         assert!(c.converged(), "divergent: {:?}", c.divergent());
         let dumps = c.nodes[j].node.stats().dump_requests;
         assert!((1..=3).contains(&dumps));
@@ -145,7 +164,10 @@ fn join_falls_back_when_the_chosen_member_is_unreachable() {
             fell_back += 1;
         }
     }
-    assert!(fell_back > 0, "some seed must have tried an unreachable member first");
+    assert!(
+        fell_back > 0,
+        "some seed must have tried an unreachable member first"
+    );
 }
 
 #[test]
@@ -158,9 +180,20 @@ fn crashed_member_is_detected_and_its_offers_leave() {
     c.run_for(secs(3.0));
     let key = c.nodes[2].node.key();
     for i in 0..2 {
-        assert_eq!(c.nodes[i].node.member(key).map(|m| m.state), Some(MemberState::Failed));
-        assert!(c.events(i).iter().any(|e| matches!(e, Event::MemberSuspect { .. })));
-        assert!(c.events(i).iter().any(|e| matches!(e, Event::MemberFailed { peer } if peer.key == key)));
+        assert_eq!(
+            c.nodes[i].node.member(key).map(|m| m.state),
+            Some(MemberState::Failed)
+        );
+        assert!(
+            c.events(i)
+                .iter()
+                .any(|e| matches!(e, Event::MemberSuspect { .. }))
+        );
+        assert!(
+            c.events(i)
+                .iter()
+                .any(|e| matches!(e, Event::MemberFailed { peer } if peer.key == key))
+        );
         assert_eq!(c.nodes[i].node.registry().pool("svc").count(), 0);
     }
     assert!(c.converged());
@@ -175,10 +208,25 @@ fn slow_member_is_suspected_but_not_failed() {
     c.drop = Box::new(|_, _, _, _| false);
     c.run_for(secs(1.0));
     let key = c.nodes[1].node.key();
-    assert!(c.events(0).iter().any(|e| matches!(e, Event::MemberSuspect { .. })));
-    assert!(c.events(0).iter().any(|e| matches!(e, Event::MemberAlive { .. })));
-    assert!(!c.events(0).iter().any(|e| matches!(e, Event::MemberFailed { .. })));
-    assert_eq!(c.nodes[0].node.member(key).map(|m| m.state), Some(MemberState::Alive));
+    assert!(
+        c.events(0)
+            .iter()
+            .any(|e| matches!(e, Event::MemberSuspect { .. }))
+    );
+    assert!(
+        c.events(0)
+            .iter()
+            .any(|e| matches!(e, Event::MemberAlive { .. }))
+    );
+    assert!(
+        !c.events(0)
+            .iter()
+            .any(|e| matches!(e, Event::MemberFailed { .. }))
+    );
+    assert_eq!(
+        c.nodes[0].node.member(key).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
@@ -191,7 +239,11 @@ fn leave_is_announced() {
     c.crash(1);
     let key = c.nodes[1].node.key();
     for i in [0, 2] {
-        assert!(c.events(i).iter().any(|e| matches!(e, Event::MemberLeft { peer } if peer.key == key)));
+        assert!(
+            c.events(i)
+                .iter()
+                .any(|e| matches!(e, Event::MemberLeft { peer } if peer.key == key))
+        );
         assert_eq!(c.nodes[i].node.registry().pool("svc").count(), 0);
     }
     assert!(c.nodes[1].node.bind("x", "y").is_err());
@@ -211,7 +263,11 @@ fn restart_with_new_incarnation_replaces_member_and_offers() {
     c.run_for(secs(3.0));
     assert!(c.converged(), "divergent: {:?}", c.divergent());
     assert_eq!(c.nodes[0].node.registry().len(), 1);
-    assert!(c.events(0).iter().any(|e| matches!(e, Event::MemberRestarted { .. })));
+    assert!(
+        c.events(0)
+            .iter()
+            .any(|e| matches!(e, Event::MemberRestarted { .. }))
+    );
     // The new incarnation's sequence 1 was not blocked by the old incarnation's sequence 10.
     let key = c.nodes[1].node.key();
     let info = c.nodes[0].node.member(key).expect("member");
@@ -234,11 +290,17 @@ fn partition_then_heal_converges() {
     c.with(3, |n| n.unbind("svc-3").expect("unbind"));
     c.run_for(secs(3.0));
     let key3 = c.nodes[3].node.key();
-    assert_eq!(c.nodes[0].node.member(key3).map(|m| m.state), Some(MemberState::Failed));
+    assert_eq!(
+        c.nodes[0].node.member(key3).map(|m| m.state),
+        Some(MemberState::Failed)
+    );
     c.partitions.clear();
     c.run_for(secs(3.0));
     assert!(c.converged(), "divergent: {:?}", c.divergent());
-    assert_eq!(c.nodes[0].node.member(key3).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(
+        c.nodes[0].node.member(key3).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
@@ -264,7 +326,11 @@ fn log_gap_beyond_retention_is_reported_exactly() {
         .events(1)
         .iter()
         .filter_map(|e| match e {
-            Event::Gap { member, channel, range } if *member == key => Some((*channel, range.clone())),
+            Event::Gap {
+                member,
+                channel,
+                range,
+            } if *member == key => Some((*channel, range.clone())),
             _ => None,
         })
         .collect();
@@ -335,9 +401,14 @@ fn selection_skips_failed_providers() {
     let n = &mut c.nodes[0].node;
     n.report_failed(now, bad);
     for _ in 0..10 {
-        let p = n.select(now, "svc", Strategy::RoundRobin).expect("provider");
+        let p = n
+            .select(now, "svc", Strategy::RoundRobin)
+            .expect("provider");
         assert_ne!(p.member, bad);
     }
-    assert_eq!(n.select(now, "svc", Strategy::PreferLocal).map(|p| p.value), Some("p0".into()));
+    assert_eq!(
+        n.select(now, "svc", Strategy::PreferLocal).map(|p| p.value),
+        Some("p0".into())
+    );
     assert!(n.select(now, "missing", Strategy::Random).is_none());
 }

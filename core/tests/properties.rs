@@ -10,7 +10,9 @@ mod harness;
 use bytes::Bytes;
 use harness::Cluster;
 use hybridcast_core::channel::receiver::{Budget, Delivery, Receiver, ReceiverLimits};
-use hybridcast_core::exchange::{Announcement, ClusterDump, LogRange, ProbeReply, Published, StateSnapshot};
+use hybridcast_core::exchange::{
+    Announcement, ClusterDump, LogRange, ProbeReply, Published, StateSnapshot,
+};
 use hybridcast_core::ids::Rng;
 use hybridcast_core::wire::{self, Fragment, FragmentPacker, Header};
 use hybridcast_core::{Channel, ClusterId, Config, Event, Identity, MemberKey, Node, codec, http};
@@ -145,7 +147,11 @@ fn any_loss_pattern_ends_in_sync_with_one_request_in_flight() {
             })
             .collect();
         let info = c.nodes[1].node.member(sender_key).expect("sender known");
-        let state = info.sequences.iter().find(|s| s.0 == Channel::State).expect("state");
+        let state = info
+            .sequences
+            .iter()
+            .find(|s| s.0 == Channel::State)
+            .expect("state");
         TestResult::from_bool(
             in_sync
                 && seqs == (1..=published).collect::<Vec<_>>()
@@ -226,12 +232,23 @@ fn decoders_and_node_survive_arbitrary_bytes() {
         let count = wire::fragment_count(total as usize, 1343) as u32;
         let index = rng.below(u64::from(count)) as u32;
         let (_, len) = wire::fragment_span(total, count, index).expect("span");
-        p.push(Channel::Log, 2 + i % 300, index, count, total, &vec![0u8; len]);
+        p.push(
+            Channel::Log,
+            2 + i % 300,
+            index,
+            count,
+            total,
+            &vec![0u8; len],
+        );
         node.handle_datagram(t, addr, p.finish());
         assert!(node.cached_bytes() <= 1 << 20);
     }
     let s = node.stats();
-    assert!(s.drops.too_large > 0 && s.drops.cache_full > 0, "{:?}", s.drops);
+    assert!(
+        s.drops.too_large > 0 && s.drops.cache_full > 0,
+        "{:?}",
+        s.drops
+    );
 }
 
 /// (d) A joiner into N members sends exactly one state-dump request and no other request, and

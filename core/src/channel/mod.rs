@@ -216,7 +216,10 @@ mod tests {
         let Body::Fragments(f) = decode(&out[0]).expect("decode").body else {
             panic!()
         };
-        assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            f.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! cached later messages drain after it.
 
 use crate::ids::{Channel, RequestId, Rng};
-use crate::wire::{Fragment, fragment_span};
+use crate::wire::{Fragment, MAX_SEQ, fragment_span};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -198,21 +198,44 @@ impl Receiver {
         if f.total_len as usize > limits.max_message_size || f.count > limits.max_fragments {
             return FragmentOutcome::TooLarge;
         }
+        if f.seq == 0 || f.seq > MAX_SEQ {
+            return FragmentOutcome::Inconsistent;
+        }
         self.known_last = self.known_last.max(f.seq);
         if self.next.is_none() && (self.channel == Channel::Log || f.seq == 1) {
             // First contact: the log channel starts wherever the sender is; the state channel
             // only when it sees the very first message (otherwise it needs a snapshot).
             self.next = Some(f.seq);
         }
-        let outcome = self.insert(f, budget, limits);
-        let progressed = self.drain(budget, out);
+        let before = out.len();
+        let outcome = self.insert(f, budget, limits, out);
+        let progressed = self.drain(budget, out) || out.len() > before;
         self.update_behind(now, progressed, limits);
         outcome
     }
 
-    fn insert(&mut self, f: Fragment, budget: &mut Budget, limits: &ReceiverLimits) -> FragmentOutcome {
-        if self.next.is_some_and(|n| f.seq < n) {
-            return FragmentOutcome::Duplicate;
+    fn insert(
+        &mut self,
+        f: Fragment,
+        budget: &mut Budget,
+        limits: &ReceiverLimits,
+        out: &mut Vec<Delivery>,
+    ) -> FragmentOutcome {
+        if fragment_span(f.total_len, f.count, f.index).is_none_or(|(_, len)| len != f.data.len()) {
+            return FragmentOutcome::Inconsistent;
+        }
+        match self.next {
+            Some(n) if f.seq < n => return FragmentOutcome::Duplicate,
+            // Fast path: the expected message, whole in one fragment, nothing cached before it.
+            Some(n) if f.seq == n && f.count == 1 && self.slots.is_empty() => {
+                out.push(Delivery::Message {
+                    seq: n,
+                    payload: f.data,
+                });
+                self.next = Some(n + 1);
+                return FragmentOutcome::Accepted;
+            }
+            _ => {}
         }
         if let Some(slot) = self.slots.get_mut(&f.seq) {
             return match slot {
@@ -246,7 +269,8 @@ impl Receiver {
         budget.bytes += cost;
         budget.messages += 1;
         let slot = if f.count == 1 {
-            Slot::Complete(f.data)
+            // Cached data is copied out of the datagram so the budget counts what is really held.
+            Slot::Complete(Bytes::copy_from_slice(&f.data))
         } else {
             let mut a = Assembly {
                 total_len: f.total_len,
@@ -288,6 +312,9 @@ impl Receiver {
 
     /// Records the sender's last sequence from a heartbeat.
     pub fn on_last_seq(&mut self, now: Instant, last: u64, limits: &ReceiverLimits) {
+        if last > MAX_SEQ {
+            return;
+        }
         if self.next.is_none() && (self.channel == Channel::Log || last == 0) {
             self.next = Some(last + 1);
         }
@@ -299,7 +326,9 @@ impl Receiver {
         if !self.is_behind() {
             self.attempt_at = None;
             self.failures = 0;
-        } else if self.in_flight.is_none() && (self.attempt_at.is_none() || (progressed && self.failures == 0)) {
+        } else if self.in_flight.is_none()
+            && (self.attempt_at.is_none() || (progressed && self.failures == 0))
+        {
             // Reordering is not loss: the gap counts only after the grace period, and progress
             // restarts that period.
             self.attempt_at = Some(now + limits.grace);
@@ -309,7 +338,8 @@ impl Receiver {
     /// If a recovery request is due at `now`, what to ask for. Call [`Receiver::start`] with the
     /// request's id if it is sent.
     pub fn poll_ask(&self, now: Instant) -> Option<Ask> {
-        if self.in_flight.is_some() || !self.is_behind() || self.attempt_at.is_none_or(|t| t > now) {
+        if self.in_flight.is_some() || !self.is_behind() || self.attempt_at.is_none_or(|t| t > now)
+        {
             return None;
         }
         Some(match (self.channel, self.next) {
@@ -358,7 +388,6 @@ impl Receiver {
         self.in_flight = None;
         self.failures = 0;
         let applied = self.sync_to(seq, budget);
-        self.known_last = self.known_last.max(seq);
         self.drain(budget, out);
         self.update_behind(now, true, limits);
         applied
@@ -367,7 +396,7 @@ impl Receiver {
     /// Declares messages up to `seq` delivered by other means (a snapshot or a join dump).
     /// Returns false if the receiver was already past `seq`.
     pub fn sync_to(&mut self, seq: u64, budget: &mut Budget) -> bool {
-        if self.next.is_some_and(|n| n > seq + 1) {
+        if seq > MAX_SEQ || self.next.is_some_and(|n| n > seq + 1) {
             return false;
         }
         self.next = Some(seq + 1);
@@ -389,6 +418,7 @@ impl Receiver {
 
     /// Applies a log range answer: messages before `first_retained` are a gap; `msgs` (ascending)
     /// are delivered where they continue the sequence. Returns true if the receiver advanced.
+    #[allow(clippy::too_many_arguments)] // the receiver's state plus the answer's two parts
     pub fn apply_log(
         &mut self,
         now: Instant,
@@ -400,10 +430,14 @@ impl Receiver {
         out: &mut Vec<Delivery>,
     ) -> bool {
         self.in_flight = None;
+        let first_retained = first_retained.min(MAX_SEQ);
         let mut next = self.next.unwrap_or(first_retained.max(1));
         let start = next;
         // Only what the sender says exists can be a gap.
-        let gap_end = first_retained.min(self.known_last.max(msgs.last().map_or(0, |m| m.0)) + 1);
+        let newest = self
+            .known_last
+            .max(msgs.last().map_or(0, |m| m.0.min(MAX_SEQ)));
+        let gap_end = first_retained.min(newest + 1);
         if gap_end > next {
             out.push(Delivery::Gap {
                 from: next,
@@ -412,7 +446,7 @@ impl Receiver {
             next = gap_end;
         }
         for (seq, payload) in msgs {
-            if seq == next {
+            if seq == next && seq <= MAX_SEQ {
                 out.push(Delivery::Message { seq, payload });
                 next += 1;
             } else if seq > next {
@@ -451,9 +485,6 @@ impl Assembly {
         if index < self.prefix_frags || self.later.contains_key(&index) {
             return false;
         }
-        if fragment_span(self.total_len, self.count, index).is_none() {
-            return false;
-        }
         self.received += 1;
         if index == self.prefix_frags {
             self.prefix.extend_from_slice(&data);
@@ -463,7 +494,8 @@ impl Assembly {
                 self.prefix_frags += 1;
             }
         } else {
-            self.later.insert(index, data);
+            // Copied so the cache holds exactly the bytes it counts, not whole datagrams.
+            self.later.insert(index, Bytes::copy_from_slice(&data));
         }
         true
     }
@@ -527,8 +559,14 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Delivery::Message { seq: 1, payload: Bytes::from(m1) },
-                Delivery::Message { seq: 2, payload: Bytes::from(m2) },
+                Delivery::Message {
+                    seq: 1,
+                    payload: Bytes::from(m1)
+                },
+                Delivery::Message {
+                    seq: 2,
+                    payload: Bytes::from(m2)
+                },
             ]
         );
         assert_eq!(b, Budget::default(), "cache empty after delivery");
@@ -551,13 +589,27 @@ mod tests {
         let due = r.deadline().expect("deadline");
         assert_eq!(r.poll_ask(due), Some(Ask::Range { from: 1, to: 2 }));
         r.start(RequestId(1));
-        assert_eq!(r.poll_ask(due + Duration::from_secs(9)), None, "one in flight");
+        assert_eq!(
+            r.poll_ask(due + Duration::from_secs(9)),
+            None,
+            "one in flight"
+        );
         let mut rng = Rng::new(1);
         r.fail(due, &mut rng, &l);
         let retry = r.deadline().expect("retry");
-        assert!(retry >= due + Duration::from_millis(50) && retry <= due + Duration::from_millis(100));
+        assert!(
+            retry >= due + Duration::from_millis(50) && retry <= due + Duration::from_millis(100)
+        );
         r.start(RequestId(2));
-        r.apply_log(retry, 1, vec![(1, Bytes::from_static(b"first"))], &mut b, &l, &mut rng, &mut out);
+        r.apply_log(
+            retry,
+            1,
+            vec![(1, Bytes::from_static(b"first"))],
+            &mut b,
+            &l,
+            &mut rng,
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(r.next(), Some(3));
         assert!(!r.is_behind() && r.deadline().is_none());
@@ -573,7 +625,15 @@ mod tests {
         r.on_last_seq(t, 0, &l);
         r.on_last_seq(t, 10, &l);
         r.start(RequestId(1));
-        r.apply_log(t, 8, vec![(8, Bytes::new()), (9, Bytes::new()), (10, Bytes::new())], &mut b, &l, &mut Rng::new(1), &mut out);
+        r.apply_log(
+            t,
+            8,
+            vec![(8, Bytes::new()), (9, Bytes::new()), (10, Bytes::new())],
+            &mut b,
+            &l,
+            &mut Rng::new(1),
+            &mut out,
+        );
         assert_eq!(out[0], Delivery::Gap { from: 1, to: 7 });
         assert_eq!(out.len(), 4);
         assert_eq!(r.next(), Some(11));
@@ -595,7 +655,13 @@ mod tests {
         assert_eq!(r.poll_ask(t + l.grace), Some(Ask::Snapshot { after: None }));
         r.start(RequestId(5));
         assert!(r.apply_snapshot(t, 5, &mut b, &l, &mut out));
-        assert_eq!(out, vec![Delivery::Message { seq: 6, payload: Bytes::from_static(b"six") }]);
+        assert_eq!(
+            out,
+            vec![Delivery::Message {
+                seq: 6,
+                payload: Bytes::from_static(b"six")
+            }]
+        );
         assert!(!r.is_behind());
         assert!(!r.sync_to(3, &mut b), "older snapshot is refused");
     }

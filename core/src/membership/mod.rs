@@ -10,7 +10,7 @@
 use crate::channel::receiver::{Budget, Receiver};
 use crate::ids::{Channel, MemberKey, RequestId};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Liveness of a remote member as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +81,8 @@ pub(crate) struct Member {
     pub receivers: [Receiver; 2],
     pub budget: Budget,
     pub probe: Option<RequestId>,
+    /// Heartbeat interval the member announces.
+    pub interval: Duration,
     /// Heartbeats heard from an older incarnation at another address (name conflict evidence).
     pub conflict_evidence: u32,
 }
@@ -108,6 +110,7 @@ impl Member {
             receivers: [Receiver::new(Channel::State), Receiver::new(Channel::Log)],
             budget: Budget::default(),
             probe: None,
+            interval: Duration::ZERO,
             conflict_evidence: 0,
         }
     }

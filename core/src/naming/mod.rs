@@ -6,8 +6,8 @@
 
 mod select;
 
-pub use select::Strategy;
 pub(crate) use select::Selector;
+pub use select::Strategy;
 
 use crate::event::Event;
 use crate::ids::MemberKey;
@@ -105,7 +105,12 @@ impl Registry {
     }
 
     /// `member` no longer offers `name`; returns whether it did.
-    pub(crate) fn unbind(&mut self, member: MemberKey, name: &str, events: &mut Vec<Event>) -> bool {
+    pub(crate) fn unbind(
+        &mut self,
+        member: MemberKey,
+        name: &str,
+        events: &mut Vec<Event>,
+    ) -> bool {
         let Some(offers) = self.by_member.get_mut(&member) else {
             return false;
         };
@@ -149,7 +154,12 @@ impl Registry {
         let stale: Vec<String> = self
             .by_member
             .get(&member)
-            .map(|o| o.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect())
+            .map(|o| {
+                o.keys()
+                    .filter(|k| !wanted.contains_key(*k))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for name in stale {
             self.unbind(member, &name, events);
@@ -180,7 +190,12 @@ mod tests {
         assert!(r.bind(a, "svc", "a:1", 10, &mut ev), "same value: no event");
         assert_eq!(ev.len(), 2);
         assert_eq!(r.pool("svc").count(), 2);
-        let refused = r.replace(a, vec![("x".into(), "1".into()), ("y".into(), "2".into())], 1, &mut ev);
+        let refused = r.replace(
+            a,
+            vec![("x".into(), "1".into()), ("y".into(), "2".into())],
+            1,
+            &mut ev,
+        );
         assert_eq!(refused, 1);
         assert_eq!(r.offers_of(a).map(|o| o.len()), Some(1));
         assert_eq!(r.pool("svc").map(|p| p.member).collect::<Vec<_>>(), vec![b]);

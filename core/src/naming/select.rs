@@ -9,6 +9,9 @@ use crate::ids::{MemberKey, Rng, stable_hash};
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// Round-robin positions remembered before they are reset.
+const MAX_POSITIONS: usize = 4096;
+
 /// How to pick one provider from a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy<'a> {
@@ -69,7 +72,10 @@ impl Selector {
             },
             Strategy::Random => rng.below(pool.len() as u64) as usize,
             Strategy::WeightByLoad => {
-                let weights: Vec<f64> = pool.iter().map(|(_, l)| 1.0 / (1.0 + f64::from(*l))).collect();
+                let weights: Vec<f64> = pool
+                    .iter()
+                    .map(|(_, l)| 1.0 / (1.0 + f64::from(*l)))
+                    .collect();
                 let mut x = rng.unit() * weights.iter().sum::<f64>();
                 let mut chosen = pool.len() - 1;
                 for (i, w) in weights.iter().enumerate() {
@@ -91,6 +97,10 @@ impl Selector {
     }
 
     fn next_position(&mut self, name: &str, len: usize) -> usize {
+        if self.positions.len() >= MAX_POSITIONS && !self.positions.contains_key(name) {
+            // Round-robin state is a convenience: forget it rather than grow without bound.
+            self.positions.clear();
+        }
         let pos = match self.positions.get_mut(name) {
             Some(p) => p,
             None => self.positions.entry(name.to_owned()).or_insert(0),
@@ -127,7 +137,10 @@ mod tests {
         let mut rng = Rng::new(3);
         let me = MemberKey(2);
         let rr: Vec<u64> = (0..4)
-            .map(|_| s.select(t, "x", Strategy::RoundRobin, me, pool(3), &mut rng).map_or(0, |p| p.member.0))
+            .map(|_| {
+                s.select(t, "x", Strategy::RoundRobin, me, pool(3), &mut rng)
+                    .map_or(0, |p| p.member.0)
+            })
             .collect();
         assert_eq!(rr, vec![1, 2, 3, 1]);
         let local = s.select(t, "x", Strategy::PreferLocal, me, pool(3), &mut rng);
@@ -149,7 +162,9 @@ mod tests {
         }
         let later = t + Duration::from_secs(2);
         let back = (0..50).any(|_| {
-            s.select(later, "x", Strategy::Random, me, pool(3), &mut rng).map(|p| p.member) == Some(MemberKey(1))
+            s.select(later, "x", Strategy::Random, me, pool(3), &mut rng)
+                .map(|p| p.member)
+                == Some(MemberKey(1))
         });
         assert!(back, "quarantine ends");
     }

@@ -16,7 +16,7 @@ use crate::wire::{self, Body, Header, Heartbeat, WireError};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use p2p::RequestFailure;
 
@@ -77,7 +77,10 @@ enum Phase {
     /// Listening to find out who is there.
     Discovering { until: Instant },
     /// One state-dump request in flight; `tried` are the members asked so far.
-    Dumping { id: RequestId, tried: Vec<MemberKey> },
+    Dumping {
+        id: RequestId,
+        tried: Vec<MemberKey>,
+    },
     /// In sync (or recovering per member).
     Joined,
 }
@@ -128,7 +131,7 @@ struct Pending {
 ///
 /// ```no_run
 /// use hybridcast_core::{Config, Identity, Node, Transmit};
-/// use std::time::Instant;
+/// use std::time::{Duration, Instant};
 ///
 /// let id = Identity::new("prod", Identity::clone_name("web", 1), 1, "127.0.0.1:7070".parse().unwrap());
 /// let mut node = Node::new(Config::default(), id, Instant::now(), 42).unwrap();
@@ -316,7 +319,7 @@ impl Node {
                     return Some((p, self.load));
                 }
                 let m = self.members.get(&p.member)?;
-                (m.state == MemberState::Alive).then(|| (p, m.load))
+                (m.state == MemberState::Alive).then_some((p, m.load))
             })
             .collect();
         self.selector
@@ -404,7 +407,8 @@ impl Node {
             return;
         }
         self.flush();
-        self.out.push_back(Transmit::Group(wire::encode_leave(&self.header())));
+        self.out
+            .push_back(Transmit::Group(wire::encode_leave(&self.header())));
         self.left = true;
         self.requests.clear();
     }
@@ -455,10 +459,9 @@ impl Node {
             consider(Some(p.deadline));
         }
         let joined = self.is_joined();
-        let suspect_after = self.config.suspect_timeout();
         for m in self.members.values() {
             match m.state {
-                MemberState::Alive => consider(Some(m.last_heard + suspect_after)),
+                MemberState::Alive => consider(Some(m.last_heard + self.suspect_timeout(m))),
                 MemberState::Suspect => {}
                 MemberState::Failed | MemberState::Left => {
                     consider(m.departed_at.map(|d| d + self.config.tombstone_ttl));
@@ -514,7 +517,8 @@ impl Node {
         if now >= self.next_heartbeat {
             self.flush();
             let hb = self.heartbeat();
-            self.out.push_back(Transmit::Group(wire::encode_heartbeat(&self.header(), &hb)));
+            self.out
+                .push_back(Transmit::Group(wire::encode_heartbeat(&self.header(), &hb)));
             let interval = self.config.heartbeat_interval;
             self.next_heartbeat = if self.next_heartbeat + interval > now {
                 self.next_heartbeat + interval
@@ -542,13 +546,16 @@ impl Node {
     }
 
     fn check_members(&mut self, now: Instant) {
-        let suspect_after = self.config.suspect_timeout();
         let ttl = self.config.tombstone_ttl;
         self.members
             .retain(|_, m| m.state.is_live() || m.departed_at.is_none_or(|d| d + ttl > now));
         let joined = self.is_joined();
         let keys: Vec<MemberKey> = self.members.keys().copied().collect();
         for key in keys {
+            let Some(suspect_after) = self.members.get(&key).map(|m| self.suspect_timeout(m))
+            else {
+                continue;
+            };
             let Some(m) = self.members.get_mut(&key) else {
                 continue;
             };
@@ -594,7 +601,8 @@ impl Node {
             http_addr: self.identity.http_addr,
             host_id: self.identity.host_id.clone(),
             load: self.load,
-            interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+            interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
             joining: !self.is_joined(),
             last_seq: Channel::ALL
                 .iter()
@@ -614,9 +622,18 @@ impl Node {
             self.stats.drops.own += 1;
             return;
         }
+        if MemberKey::of(&hb.name) != self.key || ClusterId::of(&hb.cluster_name) != self.cluster {
+            self.stats.drops.bad_identity += 1;
+            return;
+        }
         self.stats.drops.stale_incarnation += 1;
-        let we_win = (ours, self.identity.http_addr) > (h.incarnation, hb.http_addr);
-        if self.conflicts_reported.insert(h.incarnation) {
+        let we_win = wins(
+            (ours, self.identity.http_addr),
+            (h.incarnation, hb.http_addr),
+        );
+        if self.conflicts_reported.len() < MAX_CONFLICTS_REPORTED
+            && self.conflicts_reported.insert(h.incarnation)
+        {
             let (winner, loser) = if we_win {
                 (ours, h.incarnation)
             } else {
@@ -683,6 +700,28 @@ impl Node {
                     self.announce_joined(key);
                     true
                 }
+                MemberState::Alive | MemberState::Suspect if hb.http_addr != m.http_addr => {
+                    // Two processes with one name and one incarnation: keep the lower address,
+                    // refuse the other's heartbeats, report after repeated evidence.
+                    self.stats.drops.stale_incarnation += 1;
+                    m.conflict_evidence += 1;
+                    let report =
+                        (m.conflict_evidence == 2).then(|| (m.name.clone(), m.incarnation));
+                    let lower = hb.http_addr < m.http_addr;
+                    if let Some((name, inc)) = report {
+                        self.push_event(Event::NameConflict {
+                            name,
+                            winner_incarnation: inc,
+                            loser_incarnation: inc,
+                            this_node_lost: false,
+                        });
+                    }
+                    if !lower {
+                        return;
+                    }
+                    self.replace_member(now, key, &hb.name, h.incarnation, hb.http_addr);
+                    true
+                }
                 MemberState::Alive | MemberState::Suspect => {
                     m.last_heard = now;
                     if m.state == MemberState::Suspect {
@@ -701,6 +740,7 @@ impl Node {
             return;
         };
         m.load = hb.load;
+        m.interval = Duration::from_millis(u64::from(hb.interval_ms)).min(MAX_REMOTE_INTERVAL);
         m.joining = hb.joining;
         m.http_addr = hb.http_addr;
         m.host_id = hb.host_id;
@@ -736,8 +776,10 @@ impl Node {
                 }
             }
         }
-        self.members
-            .insert(key, Member::new(key, name.to_owned(), incarnation, http_addr, now));
+        self.members.insert(
+            key,
+            Member::new(key, name.to_owned(), incarnation, http_addr, now),
+        );
         self.announce_joined(key);
         true
     }
@@ -760,8 +802,10 @@ impl Node {
     ) {
         self.remove_offers(key);
         self.selector.release(key);
-        self.members
-            .insert(key, Member::new(key, name.to_owned(), incarnation, http_addr, now));
+        self.members.insert(
+            key,
+            Member::new(key, name.to_owned(), incarnation, http_addr, now),
+        );
     }
 
     fn remove_offers(&mut self, key: MemberKey) {
@@ -802,6 +846,8 @@ impl Node {
                 self.depart(now, h.sender, MemberState::Left);
                 if let Some(m) = self.members.get_mut(&h.sender) {
                     m.incarnation = h.incarnation;
+                    m.state = MemberState::Left;
+                    m.departed_at = Some(now);
                 }
             }
             Some(_) => self.stats.drops.stale_incarnation += 1,
@@ -860,7 +906,11 @@ impl Node {
                     match channel {
                         Channel::State => self.apply_announcement(member, &payload),
                         Channel::Log => {
-                            match codec::decode::<Published>(&payload, self.config.max_message_size) {
+                            match codec::decode::<Published>(&payload, self.config.max_message_size)
+                            {
+                                Ok(p) if p.topic.len() > self.config.max_topic_len => {
+                                    self.stats.drops.bad_payload += 1;
+                                }
                                 Ok(p) => self.push_event(Event::Message {
                                     member,
                                     seq,
@@ -894,7 +944,9 @@ impl Node {
         for change in a.changes {
             match change {
                 NamingChange::Bind(name, value) => {
-                    if name.len() > self.config.max_name_len || value.len() > self.config.max_value_len {
+                    if name.len() > self.config.max_name_len
+                        || value.len() > self.config.max_value_len
+                    {
                         self.stats.drops.bad_payload += 1;
                     } else if !self.registry.bind(
                         member,
@@ -954,7 +1006,8 @@ impl Node {
         if self.senders.iter().any(Sender::has_queued) {
             let mut datagrams = VecDeque::new();
             {
-                let mut packer = Packer::new(self.header(), self.config.max_datagram_size, &mut datagrams);
+                let mut packer =
+                    Packer::new(self.header(), self.config.max_datagram_size, &mut datagrams);
                 for s in &mut self.senders {
                     s.pack(&mut packer);
                 }
@@ -994,10 +1047,29 @@ impl Node {
         id
     }
 
+    /// Silence after which `m` becomes suspect: `suspect_after_intervals` intervals plus half
+    /// an interval of slack for delivery jitter, using this node's interval or the member's
+    /// announced one, whichever is longer.
+    fn suspect_timeout(&self, m: &Member) -> Duration {
+        let interval = self.config.heartbeat_interval.max(m.interval);
+        interval * self.config.suspect_after_intervals + interval / 2
+    }
+
     /// Rendezvous rank of `member` for this node (used to pick the state-dump source).
     fn rank(&self, member: MemberKey) -> u64 {
         stable_hash(&[&self.key.0.to_be_bytes(), &member.0.to_be_bytes()])
     }
+}
+
+/// Name conflicts reported per node (further ones are still refused, just not reported).
+const MAX_CONFLICTS_REPORTED: usize = 64;
+
+/// Longest heartbeat interval a member may announce for its own suspicion timeout.
+const MAX_REMOTE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The name-conflict rule: the higher incarnation wins; on a tie, the lower HTTP address.
+fn wins(a: (u64, SocketAddr), b: (u64, SocketAddr)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 fn peer_of(m: &Member) -> Peer {

@@ -12,6 +12,7 @@ use crate::http::{Method, Request, Response, percent_encode};
 use crate::ids::{Channel, MemberKey, RequestId};
 use crate::membership::MemberState;
 use crate::node::Transmit;
+use crate::wire;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -161,11 +162,19 @@ impl Node {
 
     // ----- client side -----
 
-    fn send_request(&mut self, now: Instant, to: SocketAddr, path: String, purpose: Purpose) -> RequestId {
+    fn send_request(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        path: String,
+        purpose: Purpose,
+    ) -> RequestId {
         let id = self.next_request_id();
         let mut req = Request::get(&path);
-        req.headers
-            .push((exchange::HEADER_CLUSTER.to_owned(), self.cluster.to_string()));
+        req.headers.push((
+            exchange::HEADER_CLUSTER.to_owned(),
+            self.cluster.to_string(),
+        ));
         req.headers
             .push((exchange::HEADER_FROM.to_owned(), self.identity.name.clone()));
         let request = Bytes::from(req.encode(&to.to_string()));
@@ -200,7 +209,13 @@ impl Node {
         }
     }
 
-    pub(super) fn start_recovery(&mut self, now: Instant, key: MemberKey, channel: Channel, ask: Ask) {
+    pub(super) fn start_recovery(
+        &mut self,
+        now: Instant,
+        key: MemberKey,
+        channel: Channel,
+        ask: Ask,
+    ) {
         let Some(m) = self.members.get(&key) else {
             return;
         };
@@ -286,7 +301,10 @@ impl Node {
             }
         };
         let ok = match pending.purpose.clone() {
-            Purpose::Probe { member, incarnation } => self.on_probe_reply(now, id, member, incarnation, &body),
+            Purpose::Probe {
+                member,
+                incarnation,
+            } => self.on_probe_reply(now, id, member, incarnation, &body),
             Purpose::Recovery {
                 member,
                 incarnation,
@@ -302,9 +320,14 @@ impl Node {
     /// A request failed, timed out or got an unusable answer.
     pub(super) fn request_failed(&mut self, now: Instant, id: RequestId, purpose: Purpose) {
         match purpose {
-            Purpose::Probe { member, incarnation } => {
+            Purpose::Probe {
+                member,
+                incarnation,
+            } => {
                 let confirmed = self.members.get(&member).is_some_and(|m| {
-                    m.incarnation == incarnation && m.state == MemberState::Suspect && m.probe == Some(id)
+                    m.incarnation == incarnation
+                        && m.state == MemberState::Suspect
+                        && m.probe == Some(id)
                 });
                 if confirmed {
                     self.depart(now, member, MemberState::Failed);
@@ -338,11 +361,20 @@ impl Node {
         }
     }
 
-    fn on_probe_reply(&mut self, now: Instant, id: RequestId, member: MemberKey, incarnation: u64, body: &[u8]) -> bool {
+    fn on_probe_reply(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        member: MemberKey,
+        incarnation: u64,
+        body: &[u8],
+    ) -> bool {
         let Ok(reply) = codec::decode::<ProbeReply>(body, self.config.http.max_body_bytes) else {
             return false;
         };
-        if reply.identity.incarnation != incarnation || MemberKey::of(&reply.identity.name) != member {
+        if reply.identity.incarnation != incarnation
+            || MemberKey::of(&reply.identity.name) != member
+        {
             // Someone else answers at that address now: the probed incarnation is gone.
             return false;
         }
@@ -370,7 +402,9 @@ impl Node {
         body: &[u8],
     ) -> bool {
         let current = self.members.get(&member).is_some_and(|m| {
-            m.incarnation == incarnation && m.state.is_live() && m.receivers[channel.index()].in_flight() == Some(id)
+            m.incarnation == incarnation
+                && m.state.is_live()
+                && m.receivers[channel.index()].in_flight() == Some(id)
         });
         if !current {
             self.stats.stale_responses += 1;
@@ -383,7 +417,7 @@ impl Node {
                 let Ok(snap) = codec::decode::<StateSnapshot>(body, limit) else {
                     return false;
                 };
-                if snap.incarnation != incarnation {
+                if snap.incarnation != incarnation || snap.seq > wire::MAX_SEQ {
                     return false;
                 }
                 let Some(m) = self.members.get_mut(&member) else {
@@ -391,7 +425,8 @@ impl Node {
                 };
                 let r = &mut m.receivers[channel.index()];
                 let before = r.next();
-                let applied = r.apply_snapshot(now, snap.seq, &mut m.budget, &self.limits, &mut deliveries);
+                let applied =
+                    r.apply_snapshot(now, snap.seq, &mut m.budget, &self.limits, &mut deliveries);
                 if !applied || before == Some(snap.seq + 1) {
                     self.stats.recoveries_spurious += 1;
                 }
@@ -438,9 +473,12 @@ impl Node {
             .collect();
         self.stats.drops.bad_payload += (before - offers.len()) as u64;
         let mut events = std::mem::take(&mut self.scratch);
-        let refused = self
-            .registry
-            .replace(member, offers, self.config.max_offers_per_member, &mut events);
+        let refused = self.registry.replace(
+            member,
+            offers,
+            self.config.max_offers_per_member,
+            &mut events,
+        );
         self.stats.drops.offers_over_limit += refused as u64;
         self.push_events(&mut events);
         self.scratch = events;
@@ -471,8 +509,19 @@ impl Node {
             Some(m) if m.incarnation > inc => return,
             Some(m) if m.incarnation == inc && !m.state.is_live() => return,
             Some(m) if m.incarnation < inc => {
+                let (old, was_live) = (m.incarnation, m.state.is_live());
                 self.replace_member(now, key, &e.identity.name, inc, e.identity.http_addr);
-                self.announce_joined(key);
+                if was_live {
+                    if let Some(m) = self.members.get(&key) {
+                        let peer = super::peer_of(m);
+                        self.push_event(Event::MemberRestarted {
+                            peer,
+                            old_incarnation: old,
+                        });
+                    }
+                } else {
+                    self.announce_joined(key);
+                }
             }
             Some(_) => {}
             None => {
@@ -497,9 +546,11 @@ impl Node {
                 offers = Some(o);
             }
         }
-        if let Some(seq) = e.log_seq {
-            let r = &mut m.receivers[Channel::Log.index()];
-            r.apply_snapshot(now, seq, &mut m.budget, &self.limits, &mut log_deliveries);
+        let log = &mut m.receivers[Channel::Log.index()];
+        if let (Some(seq), None) = (e.log_seq, log.next()) {
+            // Only a receiver with no position takes the dump's: one that already delivers
+            // messages keeps its place, so nothing is skipped without a Gap.
+            log.apply_snapshot(now, seq, &mut m.budget, &self.limits, &mut log_deliveries);
         }
         if let Some(o) = offers {
             self.replace_offers(key, o);
@@ -512,4 +563,3 @@ impl Node {
 fn seq_param(req: &Request, name: &str) -> Option<u64> {
     req.query_param(name)?.parse().ok()
 }
-

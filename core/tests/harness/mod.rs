@@ -21,9 +21,22 @@ use std::time::{Duration, Instant};
 /// What travels through the simulated network.
 #[derive(Debug)]
 enum Item {
-    Datagram { to: usize, from: SocketAddr, bytes: Bytes },
-    Request { from: usize, id: RequestId, to: SocketAddr, bytes: Bytes },
-    Response { to: usize, id: RequestId, result: Result<http::Response, RequestFailure> },
+    Datagram {
+        to: usize,
+        from: SocketAddr,
+        bytes: Bytes,
+    },
+    Request {
+        from: usize,
+        id: RequestId,
+        to: SocketAddr,
+        bytes: Bytes,
+    },
+    Response {
+        to: usize,
+        id: RequestId,
+        result: Result<http::Response, RequestFailure>,
+    },
 }
 
 /// Decides whether a group datagram from `from` to `to` is dropped.
@@ -34,6 +47,8 @@ pub struct SimNode {
     pub node: Node,
     pub addr: SocketAddr,
     pub events: Vec<Event>,
+    /// Virtual time (since the cluster's start) of each entry of `events`.
+    pub event_times: Vec<Duration>,
     pub up: bool,
 }
 
@@ -115,6 +130,7 @@ impl Cluster {
             node,
             addr,
             events: Vec::new(),
+            event_times: Vec::new(),
             up: true,
         });
         idx
@@ -142,6 +158,7 @@ impl Cluster {
             node,
             addr,
             events: Vec::new(),
+            event_times: Vec::new(),
             up: true,
         };
     }
@@ -191,11 +208,22 @@ impl Cluster {
                         if dropped {
                             continue;
                         }
-                        let copies = if self.rng.unit() < self.duplicate { 2 } else { 1 };
+                        let copies = if self.rng.unit() < self.duplicate {
+                            2
+                        } else {
+                            1
+                        };
                         for _ in 0..copies {
                             let at = self.now + self.delay();
                             let from = self.nodes[i].addr;
-                            self.schedule(at, Item::Datagram { to: j, from, bytes: bytes.clone() });
+                            self.schedule(
+                                at,
+                                Item::Datagram {
+                                    to: j,
+                                    from,
+                                    bytes: bytes.clone(),
+                                },
+                            );
                         }
                     }
                 }
@@ -208,19 +236,33 @@ impl Cluster {
                         let n = self.recovery_in_flight.entry(key).or_insert(0);
                         *n += 1;
                         self.max_recovery_in_flight = self.max_recovery_in_flight.max(*n);
-                        assert!(*n <= 1, "two recovery requests in flight from node {i} to {to} for {}", parsed.path);
+                        assert!(
+                            *n <= 1,
+                            "two recovery requests in flight from node {i} to {to} for {}",
+                            parsed.path
+                        );
                     }
                     if parsed.path.ends_with("/dump") {
                         *self.dump_requests.entry(i).or_insert(0) += 1;
                     }
                     self.request_paths.insert((i, id), (to, parsed.path));
                     let at = self.now + self.delay();
-                    self.schedule(at, Item::Request { from: i, id, to, bytes: request });
+                    self.schedule(
+                        at,
+                        Item::Request {
+                            from: i,
+                            id,
+                            to,
+                            bytes: request,
+                        },
+                    );
                 }
             }
         }
+        let at = self.now - self.start;
         while let Some(e) = self.nodes[i].node.poll_event() {
             self.nodes[i].events.push(e);
+            self.nodes[i].event_times.push(at);
         }
     }
 
@@ -233,10 +275,19 @@ impl Cluster {
                     self.drain(to);
                 }
             }
-            Item::Request { from, id, to, bytes } => {
+            Item::Request {
+                from,
+                id,
+                to,
+                bytes,
+            } => {
                 let target = self.index_of(to);
                 let result = match target {
-                    Some(t) if self.nodes[t].up && self.reachable(from, t) && !self.http_down.contains(&t) => {
+                    Some(t)
+                        if self.nodes[t].up
+                            && self.reachable(from, t)
+                            && !self.http_down.contains(&t) =>
+                    {
                         let limits = self.config.http;
                         let (req, _) = http::parse_request(&bytes, &limits)
                             .expect("valid request")
@@ -253,7 +304,14 @@ impl Cluster {
                     _ => Err(RequestFailure::Connect("unreachable".into())),
                 };
                 let at = self.now + self.delay();
-                self.schedule(at, Item::Response { to: from, id, result });
+                self.schedule(
+                    at,
+                    Item::Response {
+                        to: from,
+                        id,
+                        result,
+                    },
+                );
             }
             Item::Response { to, id, result } => {
                 if let Some((addr, path)) = self.request_paths.remove(&(to, id)) {
@@ -310,7 +368,11 @@ impl Cluster {
                 if !self.nodes[i].up {
                     continue;
                 }
-                if self.nodes[i].node.poll_timeout().is_some_and(|t| t <= self.now) {
+                if self.nodes[i]
+                    .node
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now)
+                {
                     let now = self.now;
                     self.nodes[i].node.handle_timeout(now);
                     self.drain(i);
@@ -339,7 +401,9 @@ impl Cluster {
             let key = n.node.key();
             if let Some(offers) = n.node.registry().offers_of(key) {
                 for (name, value) in offers {
-                    view.entry(name.clone()).or_default().insert(key, value.clone());
+                    view.entry(name.clone())
+                        .or_default()
+                        .insert(key, value.clone());
                 }
             }
         }
