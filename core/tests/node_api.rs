@@ -319,8 +319,10 @@ fn commands_validate_and_timeouts_are_idempotent() {
     n.handle_timeout(t);
     n.handle_timeout(t);
     assert_eq!(drain(&mut n).len(), 0, "spurious timeouts do nothing");
-    let mut c = Config::default();
-    c.max_offers_per_member = 2;
+    let c = Config {
+        max_offers_per_member: 2,
+        ..Config::default()
+    };
     let mut small = Node::new(c, Identity::new("prod", "x", 1, addr(1)), t, 1).expect("node");
     small.bind("a", "1").expect("bind");
     small.bind("b", "1").expect("bind");
