@@ -97,16 +97,24 @@ pub enum Ask {
     },
 }
 
+/// A message being assembled from several fragments. Fragments arriving in order are appended;
+/// the first one out of order switches the buffer to its full length and every fragment is then
+/// copied once to its offset, with a bit per fragment to spot duplicates.
 #[derive(Debug)]
 struct Assembly {
     total_len: u32,
     count: u32,
     received: u32,
-    /// Contiguous prefix of the message (fragments `0..received_prefix`).
-    prefix: Vec<u8>,
-    prefix_frags: u32,
-    /// Fragments beyond the prefix, waiting for the gap before them.
-    later: BTreeMap<u32, Bytes>,
+    buf: Vec<u8>,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Fragments `0..next` were appended, in order.
+    Append { next: u32 },
+    /// Fragments are placed at their offsets; `have` has one bit per fragment.
+    Scatter { have: Vec<u64> },
 }
 
 #[derive(Debug)]
@@ -244,11 +252,11 @@ impl Receiver {
                     if a.total_len != f.total_len || a.count != f.count {
                         return FragmentOutcome::Inconsistent;
                     }
-                    if !a.insert(f.index, f.data) {
+                    if !a.insert(f.index, &f.data) {
                         return FragmentOutcome::Duplicate;
                     }
                     if a.received == a.count {
-                        let done = std::mem::take(&mut a.prefix);
+                        let done = std::mem::take(&mut a.buf);
                         *slot = Slot::Complete(Bytes::from(done));
                     }
                     FragmentOutcome::Accepted
@@ -276,11 +284,10 @@ impl Receiver {
                 total_len: f.total_len,
                 count: f.count,
                 received: 0,
-                prefix: Vec::with_capacity(cost),
-                prefix_frags: 0,
-                later: BTreeMap::new(),
+                buf: Vec::with_capacity(cost),
+                mode: Mode::Append { next: 0 },
             };
-            a.insert(f.index, f.data);
+            a.insert(f.index, &f.data);
             Slot::Partial(a)
         };
         self.slots.insert(f.seq, slot);
@@ -480,23 +487,40 @@ impl Receiver {
 }
 
 impl Assembly {
-    /// Adds fragment `index`; false if it was already there.
-    fn insert(&mut self, index: u32, data: Bytes) -> bool {
-        if index < self.prefix_frags || self.later.contains_key(&index) {
+    /// Adds fragment `index` (whose length the caller checked); false if it was already there.
+    fn insert(&mut self, index: u32, data: &[u8]) -> bool {
+        if let Mode::Append { next } = &mut self.mode {
+            if index == *next {
+                self.buf.extend_from_slice(data);
+                *next += 1;
+                self.received += 1;
+                return true;
+            }
+            if index < *next {
+                return false;
+            }
+            // First fragment out of order: switch to placing fragments at their offsets.
+            let appended = *next;
+            let mut have = vec![0u64; (self.count as usize).div_ceil(64)];
+            for i in 0..appended as usize {
+                have[i / 64] |= 1 << (i % 64);
+            }
+            self.buf.resize(self.total_len as usize, 0);
+            self.mode = Mode::Scatter { have };
+        }
+        let Mode::Scatter { have } = &mut self.mode else {
+            return false;
+        };
+        let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
+        let Some((offset, len)) = fragment_span(self.total_len, self.count, index) else {
+            return false;
+        };
+        if have.get(word).is_none_or(|w| w & bit != 0) {
             return false;
         }
+        have[word] |= bit;
+        self.buf[offset..offset + len].copy_from_slice(data);
         self.received += 1;
-        if index == self.prefix_frags {
-            self.prefix.extend_from_slice(&data);
-            self.prefix_frags += 1;
-            while let Some(d) = self.later.remove(&self.prefix_frags) {
-                self.prefix.extend_from_slice(&d);
-                self.prefix_frags += 1;
-            }
-        } else {
-            // Copied so the cache holds exactly the bytes it counts, not whole datagrams.
-            self.later.insert(index, Bytes::copy_from_slice(&data));
-        }
         true
     }
 }
