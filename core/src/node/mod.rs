@@ -14,7 +14,7 @@ use crate::naming::{Provider, Registry, Selector, Strategy};
 use crate::stats::Stats;
 use crate::wire::{self, Body, Header, Heartbeat, WireError};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,10 @@ pub struct Node {
     senders: [Sender; 2],
     limits: ReceiverLimits,
     requests: HashMap<RequestId, Pending>,
+    /// (member, channel) pairs with a recovery request outstanding, whatever the member's
+    /// incarnation: a request to a departed incarnation still occupies its slot until it is
+    /// answered or times out, so at most one is ever on the wire per pair.
+    recovering: HashSet<(MemberKey, Channel)>,
     next_request: u64,
     next_heartbeat: Instant,
     out: VecDeque<Transmit>,
@@ -224,6 +228,7 @@ impl Node {
             senders,
             limits,
             requests: HashMap::new(),
+            recovering: HashSet::new(),
             next_request: 1,
             next_heartbeat: now,
             out: VecDeque::new(),
@@ -411,6 +416,7 @@ impl Node {
             .push_back(Transmit::Group(wire::encode_leave(&self.header())));
         self.left = true;
         self.requests.clear();
+        self.recovering.clear();
     }
 
     fn check_live(&self) -> Result<(), CommandError> {
@@ -468,8 +474,12 @@ impl Node {
                 }
             }
             if joined && m.state.is_live() {
-                for r in &m.receivers {
-                    consider(r.deadline());
+                for c in Channel::ALL {
+                    // A slot held by an older request frees itself through that request's own
+                    // deadline, which is already considered.
+                    if !self.recovering.contains(&(m.key, c)) {
+                        consider(m.receivers[c.index()].deadline());
+                    }
                 }
             }
         }
@@ -538,7 +548,7 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(p) = self.requests.remove(&id) {
+            if let Some(p) = self.take_request(id) {
                 self.request_failed(now, id, p.purpose);
             }
         }
@@ -573,6 +583,9 @@ impl Node {
                 let Some(m) = self.members.get(&key) else {
                     break;
                 };
+                if self.recovering.contains(&(key, channel)) {
+                    continue;
+                }
                 if let Some(ask) = m.receivers[channel.index()].poll_ask(now) {
                     self.start_recovery(now, key, channel, ask);
                 }
@@ -826,10 +839,6 @@ impl Node {
         m.depart(state, now);
         let peer = peer_of(m);
         self.remove_offers(key);
-        self.requests.retain(|_, p| match &p.purpose {
-            Purpose::Recovery { member, .. } | Purpose::Probe { member, .. } => *member != key,
-            Purpose::Dump { .. } => true,
-        });
         self.push_event(match state {
             MemberState::Left => Event::MemberLeft { peer },
             _ => Event::MemberFailed { peer },
@@ -1039,6 +1048,18 @@ impl Node {
         for e in events.drain(..) {
             self.push_event(e);
         }
+    }
+
+    /// Removes a pending request, freeing its (member, channel) recovery slot.
+    fn take_request(&mut self, id: RequestId) -> Option<Pending> {
+        let p = self.requests.remove(&id)?;
+        if let Purpose::Recovery {
+            member, channel, ..
+        } = p.purpose
+        {
+            self.recovering.remove(&(member, channel));
+        }
+        Some(p)
     }
 
     fn next_request_id(&mut self) -> RequestId {

@@ -240,6 +240,7 @@ impl Node {
             },
         );
         self.stats.recoveries_requested += 1;
+        self.recovering.insert((key, channel));
         if let Some(m) = self.members.get_mut(&key) {
             m.receivers[channel.index()].start(id);
         }
@@ -289,7 +290,7 @@ impl Node {
         if self.left {
             return;
         }
-        let Some(pending) = self.requests.remove(&id) else {
+        let Some(pending) = self.take_request(id) else {
             self.stats.stale_responses += 1;
             return;
         };
