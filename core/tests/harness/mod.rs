@@ -376,6 +376,11 @@ impl Cluster {
                     let now = self.now;
                     self.nodes[i].node.handle_timeout(now);
                     self.drain(i);
+                    let next = self.nodes[i].node.poll_timeout();
+                    assert!(
+                        next.is_none_or(|t| t > now),
+                        "node {i} asks to be woken at {next:?} again after handle_timeout({now:?})"
+                    );
                 }
             }
         }
