@@ -141,7 +141,7 @@ fn main() -> ExitCode {
     );
     for n in c.nodes.iter().filter(|n| n.up) {
         let s = n.node.stats();
-        let dropped = s.drops.duplicate + s.drops.cache_full + s.drops.malformed;
+        let dropped = s.drops.cache_full + s.drops.malformed + s.drops.not_hybridcast;
         println!(
             "  {:<8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6}",
             n.node.identity().name,

@@ -242,13 +242,18 @@ impl Config {
                 ),
             ));
         }
-        if self.max_message_size.saturating_mul(2) + 8192 > self.http.max_body_bytes {
+        if self.max_message_size.saturating_mul(2).saturating_add(8192) > self.http.max_body_bytes {
             return Err(invalid(
                 "max_message_size",
                 "must be at most (http.max_body_bytes - 8192) / 2, so a recovery answer can carry it",
             ));
         }
-        if self.max_name_len + self.max_value_len + 64 > self.max_message_size {
+        if self
+            .max_name_len
+            .saturating_add(self.max_value_len)
+            .saturating_add(64)
+            > self.max_message_size
+        {
             return Err(invalid(
                 "max_message_size",
                 "must hold one announcement of max_name_len + max_value_len",

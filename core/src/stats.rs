@@ -4,15 +4,21 @@
 /// Datagrams dropped, by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drops {
-    /// Not a well-formed hybridcast datagram (any [`crate::wire::WireError`]).
+    /// Not hybridcast traffic at all (too short for a header, or wrong magic).
+    pub not_hybridcast: u64,
+    /// A hybridcast datagram of another protocol version, body kind or header flags.
+    pub unsupported: u64,
+    /// A hybridcast datagram whose body is malformed (truncated, trailing bytes, inconsistent
+    /// fragment, invalid field).
     pub malformed: u64,
     /// A well-formed datagram of another cluster.
     pub wrong_cluster: u64,
     /// This node's own datagram, looped back.
     pub own: u64,
-    /// From an older incarnation of a member, or a member that has left.
+    /// From an older incarnation of a member, a member that has left, or the losing process of a
+    /// name conflict.
     pub stale_incarnation: u64,
-    /// Fragments of a member not known yet (before its first heartbeat), or from an unknown channel.
+    /// Fragments or a leave of a member not known yet (before its first heartbeat).
     pub unknown_member: u64,
     /// Member table full.
     pub members_over_limit: u64,

@@ -197,7 +197,7 @@ fn drops_are_counted_by_reason() {
     let d = n.stats().drops;
     assert_eq!(
         (
-            d.malformed,
+            d.not_hybridcast,
             d.wrong_cluster,
             d.own,
             d.unknown_member,

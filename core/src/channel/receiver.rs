@@ -206,7 +206,11 @@ impl Receiver {
         if f.total_len as usize > limits.max_message_size || f.count > limits.max_fragments {
             return FragmentOutcome::TooLarge;
         }
-        if f.seq == 0 || f.seq > MAX_SEQ {
+        if f.seq == 0
+            || f.seq > MAX_SEQ
+            || fragment_span(f.total_len, f.count, f.index)
+                .is_none_or(|(_, len)| len != f.data.len())
+        {
             return FragmentOutcome::Inconsistent;
         }
         self.known_last = self.known_last.max(f.seq);
@@ -229,9 +233,6 @@ impl Receiver {
         limits: &ReceiverLimits,
         out: &mut Vec<Delivery>,
     ) -> FragmentOutcome {
-        if fragment_span(f.total_len, f.count, f.index).is_none_or(|(_, len)| len != f.data.len()) {
-            return FragmentOutcome::Inconsistent;
-        }
         match self.next {
             Some(n) if f.seq < n => return FragmentOutcome::Duplicate,
             // Fast path: the expected message, whole in one fragment, nothing cached before it.

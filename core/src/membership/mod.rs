@@ -83,7 +83,8 @@ pub(crate) struct Member {
     pub probe: Option<RequestId>,
     /// Heartbeat interval the member announces.
     pub interval: Duration,
-    /// Heartbeats heard from an older incarnation at another address (name conflict evidence).
+    /// Heartbeats heard for this name from another process (an older incarnation, or the same
+    /// incarnation at another address): name conflict evidence.
     pub conflict_evidence: u32,
 }
 

@@ -595,8 +595,18 @@ impl Node {
 
     // ----- internals: datagrams -----
 
-    fn count_wire_error(&mut self, _e: WireError) {
-        self.stats.drops.malformed += 1;
+    fn count_wire_error(&mut self, e: WireError) {
+        let d = &mut self.stats.drops;
+        match e {
+            WireError::TooShort | WireError::BadMagic => d.not_hybridcast += 1,
+            WireError::UnsupportedVersion(_)
+            | WireError::UnknownKind(_)
+            | WireError::UnsupportedFlags(_) => d.unsupported += 1,
+            WireError::Truncated
+            | WireError::TrailingBytes
+            | WireError::BadFragment
+            | WireError::BadField => d.malformed += 1,
+        }
     }
 
     fn header(&self) -> Header {
@@ -716,7 +726,6 @@ impl Node {
                 MemberState::Alive | MemberState::Suspect if hb.http_addr != m.http_addr => {
                     // Two processes with one name and one incarnation: keep the lower address,
                     // refuse the other's heartbeats, report after repeated evidence.
-                    self.stats.drops.stale_incarnation += 1;
                     m.conflict_evidence += 1;
                     let report =
                         (m.conflict_evidence == 2).then(|| (m.name.clone(), m.incarnation));
@@ -730,6 +739,7 @@ impl Node {
                         });
                     }
                     if !lower {
+                        self.stats.drops.stale_incarnation += 1;
                         return;
                     }
                     self.replace_member(now, key, &hb.name, h.incarnation, hb.http_addr);

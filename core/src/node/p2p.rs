@@ -38,7 +38,8 @@ impl Node {
     /// Serves one point-to-point request (the runtime parsed it with
     /// [`crate::http::parse_request`]). Always returns a response: 200 with a bincode body, or
     /// an error status with a plain-text reason (400 malformed, 403 other cluster, 404 unknown
-    /// path, 405 wrong method, 410 after leaving).
+    /// path, 405 wrong method, 410 after leaving, 507 answer larger than `http.max_body_bytes`,
+    /// 500 answer that could not be encoded).
     pub fn handle_http_request(&mut self, _now: Instant, request: &Request) -> Response {
         let r = self.serve(request);
         if r.status != 200 {
@@ -502,7 +503,10 @@ impl Node {
 
     fn apply_dump_entry(&mut self, now: Instant, e: DumpEntry) {
         let key = MemberKey::of(&e.identity.name);
-        if key == self.key {
+        if key == self.key
+            || e.identity.name.len() > wire::MAX_WIRE_STRING
+            || e.identity.host_id.len() > wire::MAX_WIRE_STRING
+        {
             return;
         }
         let inc = e.identity.incarnation;
