@@ -696,20 +696,7 @@ impl Node {
                 return;
             }
             Some(m) if h.incarnation > m.incarnation => {
-                let old = m.incarnation;
-                let was_live = m.state.is_live();
-                self.replace_member(now, key, &hb.name, h.incarnation, hb.http_addr);
-                if was_live {
-                    if let Some(m) = self.members.get(&key) {
-                        let peer = peer_of(m);
-                        self.push_event(Event::MemberRestarted {
-                            peer,
-                            old_incarnation: old,
-                        });
-                    }
-                } else {
-                    self.announce_joined(key);
-                }
+                self.restart_member(now, key, &hb.name, h.incarnation, hb.http_addr);
                 true
             }
             Some(m) => match m.state {
@@ -811,6 +798,33 @@ impl Node {
         if let Some(m) = self.members.get(&key) {
             let (peer, http_addr) = (peer_of(m), m.http_addr);
             self.push_event(Event::MemberJoined { peer, http_addr });
+        }
+    }
+
+    /// A newer incarnation of `key` replaces the entry: `MemberRestarted` if the old one was
+    /// live, `MemberJoined` if it had departed.
+    fn restart_member(
+        &mut self,
+        now: Instant,
+        key: MemberKey,
+        name: &str,
+        incarnation: u64,
+        http_addr: SocketAddr,
+    ) {
+        let old = self
+            .members
+            .get(&key)
+            .map(|m| (m.incarnation, m.state.is_live()));
+        self.replace_member(now, key, name, incarnation, http_addr);
+        match (old, self.members.get(&key)) {
+            (Some((old_incarnation, true)), Some(m)) => {
+                let peer = peer_of(m);
+                self.push_event(Event::MemberRestarted {
+                    peer,
+                    old_incarnation,
+                });
+            }
+            _ => self.announce_joined(key),
         }
     }
 

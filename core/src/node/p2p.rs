@@ -514,19 +514,7 @@ impl Node {
             Some(m) if m.incarnation > inc => return,
             Some(m) if m.incarnation == inc && !m.state.is_live() => return,
             Some(m) if m.incarnation < inc => {
-                let (old, was_live) = (m.incarnation, m.state.is_live());
-                self.replace_member(now, key, &e.identity.name, inc, e.identity.http_addr);
-                if was_live {
-                    if let Some(m) = self.members.get(&key) {
-                        let peer = super::peer_of(m);
-                        self.push_event(Event::MemberRestarted {
-                            peer,
-                            old_incarnation: old,
-                        });
-                    }
-                } else {
-                    self.announce_joined(key);
-                }
+                self.restart_member(now, key, &e.identity.name, inc, e.identity.http_addr);
             }
             Some(_) => {}
             None => {
