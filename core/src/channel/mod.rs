@@ -2,7 +2,7 @@
 //! and the receiving side ([`receiver`]: in-order exactly-once assembly and loss detection).
 //!
 //! Invariant kept here: a channel's sequence numbers start at 1 for each incarnation and grow by
-//! one per message; every message handed to [`Sender::push`] goes out exactly once, in order,
+//! one per message; every message handed to `Sender::push` goes out exactly once, in order,
 //! packed greedily into datagrams of at most the configured budget.
 
 pub mod receiver;
