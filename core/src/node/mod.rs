@@ -125,6 +125,16 @@ struct Pending {
 ///   [`poll_event`](Node::poll_event) until they return `None`, then wait for input or until
 ///   [`poll_timeout`](Node::poll_timeout).
 ///
+/// **Point-to-point HTTP.** Serving: accumulate a connection's bytes and call
+/// [`http::parse_request`](crate::http::parse_request) with `node.config().http`; `Ok(None)`
+/// means read more; `Err(e)` means write `e.to_response().encode()` and close; `Ok(Some((req,
+/// used)))` means answer with `node.handle_http_request(now, &req).encode()`, drop `used` bytes,
+/// and keep the connection open if `req.keep_alive()`. Asking: for each
+/// [`Transmit::Request`] write its bytes to `to`, read with
+/// [`http::parse_response`](crate::http::parse_response), and report the parsed response or a
+/// [`RequestFailure`] with the same id. The node times requests out itself after
+/// `request_timeout`; a late answer is ignored, so a runtime need not cancel anything.
+///
 /// Every `now` is a monotonic instant and must never go backwards between calls. Commands
 /// issued between two drains of `poll_transmit` form one *tick*: their naming changes are
 /// coalesced into one announcement and their messages are bundled into as few datagrams as fit.
