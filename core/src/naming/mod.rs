@@ -11,7 +11,7 @@ pub use select::Strategy;
 
 use crate::event::Event;
 use crate::ids::MemberKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// One provider of a service, as selection returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct Provider {
 /// Offers of every member (this node's included) and the name index over them.
 #[derive(Debug, Default)]
 pub struct Registry {
-    by_member: HashMap<MemberKey, BTreeMap<String, String>>,
+    by_member: BTreeMap<MemberKey, BTreeMap<String, String>>,
     by_name: BTreeMap<String, BTreeMap<MemberKey, String>>,
 }
 

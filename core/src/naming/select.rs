@@ -6,7 +6,7 @@
 
 use super::Provider;
 use crate::ids::{MemberKey, Rng, stable_hash};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Round-robin positions remembered before they are reset.
@@ -31,13 +31,14 @@ pub enum Strategy<'a> {
 /// Per-node selection state: round-robin positions and quarantined providers.
 #[derive(Debug, Default)]
 pub(crate) struct Selector {
-    positions: HashMap<String, u64>,
-    quarantine: HashMap<MemberKey, Instant>,
+    positions: BTreeMap<String, u64>,
+    quarantine: BTreeMap<MemberKey, Instant>,
 }
 
 impl Selector {
     /// Skips `member` until `until`.
-    pub(crate) fn quarantine(&mut self, member: MemberKey, until: Instant) {
+    pub(crate) fn quarantine(&mut self, member: MemberKey, until: Instant, now: Instant) {
+        self.quarantine.retain(|_, u| *u > now);
         self.quarantine.insert(member, until);
     }
 
@@ -155,7 +156,7 @@ mod tests {
             }
         }
         assert!(counts[0] > counts[1] && counts[1] > counts[2], "{counts:?}");
-        s.quarantine(MemberKey(1), t + Duration::from_secs(1));
+        s.quarantine(MemberKey(1), t + Duration::from_secs(1), t);
         for _ in 0..20 {
             let p = s.select(t, "x", Strategy::Random, me, pool(3), &mut rng);
             assert_ne!(p.map(|p| p.member), Some(MemberKey(1)));

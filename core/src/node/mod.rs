@@ -14,7 +14,7 @@ use crate::naming::{Provider, Registry, Selector, Strategy};
 use crate::stats::Stats;
 use crate::wire::{self, Body, Header, Heartbeat, WireError};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -173,18 +173,18 @@ pub struct Node {
     load: u32,
     phase: Phase,
     left: bool,
-    members: HashMap<MemberKey, Member>,
+    members: BTreeMap<MemberKey, Member>,
     registry: Registry,
     selector: Selector,
     announced: BTreeMap<String, String>,
     touched: BTreeSet<String>,
     senders: [Sender; 2],
     limits: ReceiverLimits,
-    requests: HashMap<RequestId, Pending>,
+    requests: BTreeMap<RequestId, Pending>,
     /// (member, channel) pairs with a recovery request outstanding, whatever the member's
     /// incarnation: a request to a departed incarnation still occupies its slot until it is
     /// answered or times out, so at most one is ever on the wire per pair.
-    recovering: HashSet<(MemberKey, Channel)>,
+    recovering: BTreeSet<(MemberKey, Channel)>,
     next_request: u64,
     next_heartbeat: Instant,
     out: VecDeque<Transmit>,
@@ -230,15 +230,15 @@ impl Node {
                 until: now + config.discovery_period,
             },
             left: false,
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             registry: Registry::default(),
             selector: Selector::default(),
             announced: BTreeMap::new(),
             touched: BTreeSet::new(),
             senders,
             limits,
-            requests: HashMap::new(),
-            recovering: HashSet::new(),
+            requests: BTreeMap::new(),
+            recovering: BTreeSet::new(),
             next_request: 1,
             next_heartbeat: now,
             out: VecDeque::new(),
@@ -344,7 +344,7 @@ impl Node {
     /// The application found `member` failing: selection skips it for `provider_quarantine`.
     pub fn report_failed(&mut self, now: Instant, member: MemberKey) {
         self.selector
-            .quarantine(member, now + self.config.provider_quarantine);
+            .quarantine(member, now + self.config.provider_quarantine, now);
     }
 
     // ----- commands -----
@@ -579,14 +579,14 @@ impl Node {
             let Some(m) = self.members.get_mut(&key) else {
                 continue;
             };
+            let live = m.state.is_live();
             if m.state == MemberState::Alive && now >= m.last_heard + suspect_after {
                 m.state = MemberState::Suspect;
                 let peer = peer_of(m);
                 self.push_event(Event::MemberSuspect { peer });
                 self.start_probe(now, key);
-                continue;
             }
-            if !joined || !m.state.is_live() {
+            if !joined || !live {
                 continue;
             }
             for channel in Channel::ALL {
@@ -692,7 +692,7 @@ impl Node {
             Some(m) if h.incarnation < m.incarnation => {
                 self.stats.drops.stale_incarnation += 1;
                 if m.state.is_live() && hb.http_addr != m.http_addr {
-                    m.conflict_evidence += 1;
+                    m.conflict_evidence = m.conflict_evidence.saturating_add(1);
                     if m.conflict_evidence == 2 {
                         let (name, winner) = (m.name.clone(), m.incarnation);
                         self.push_event(Event::NameConflict {
@@ -723,7 +723,7 @@ impl Node {
                 MemberState::Alive | MemberState::Suspect if hb.http_addr != m.http_addr => {
                     // Two processes with one name and one incarnation: keep the lower address,
                     // refuse the other's heartbeats, report after repeated evidence.
-                    m.conflict_evidence += 1;
+                    m.conflict_evidence = m.conflict_evidence.saturating_add(1);
                     let report =
                         (m.conflict_evidence == 2).then(|| (m.name.clone(), m.incarnation));
                     let lower = hb.http_addr < m.http_addr;
