@@ -12,6 +12,7 @@
 //! [`Receiver::apply_snapshot`] (state channel) or [`Receiver::apply_log`] (log channel), and
 //! cached later messages drain after it.
 
+use crate::exchange::LogRange;
 use crate::ids::{Channel, RequestId, Rng};
 use crate::wire::{Fragment, MAX_SEQ, fragment_span};
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Limits and timings a receiver works with (copied from the config).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReceiverLimits {
     /// Bytes of undelivered messages held per sender (`max_cached_bytes_per_sender`).
     pub max_bytes: usize,
@@ -97,23 +98,36 @@ pub enum Ask {
     },
 }
 
-/// A message being assembled from several fragments. Fragments arriving in order are appended;
-/// the first one out of order switches the buffer to its full length and every fragment is then
-/// copied once to its offset, with a bit per fragment to spot duplicates.
+/// Messages up to this size get their whole buffer at the first fragment; larger ones grow with
+/// the data actually received.
+const EAGER_BYTES: usize = 64 * 1024;
+
+/// A message being assembled from several fragments. Memory follows the data received: the
+/// buffer is sized for the whole message only when the message is small ([`EAGER_BYTES`]) or a
+/// quarter of it is held, so a forged first fragment of a huge message costs little.
+/// Fragments arriving in order are appended; out-of-order ones are kept as copies until the
+/// buffer has its full size, and from then on every fragment is copied once to its offset, with
+/// a bit per fragment to spot duplicates.
 #[derive(Debug)]
 struct Assembly {
     total_len: u32,
     count: u32,
     received: u32,
+    /// Data bytes received so far.
+    held: usize,
     buf: Vec<u8>,
     mode: Mode,
 }
 
 #[derive(Debug)]
 enum Mode {
-    /// Fragments `0..next` were appended, in order.
-    Append { next: u32 },
-    /// Fragments are placed at their offsets; `have` has one bit per fragment.
+    /// Fragments `0..next` were appended in order; `later` holds copies of fragments beyond.
+    Append {
+        next: u32,
+        later: BTreeMap<u32, Bytes>,
+        later_bytes: usize,
+    },
+    /// `buf` has the message's full length; `have` has one bit per fragment placed.
     Scatter { have: Vec<u64> },
 }
 
@@ -127,7 +141,7 @@ impl Slot {
     fn cost(&self) -> usize {
         match self {
             Slot::Complete(b) => b.len(),
-            Slot::Partial(a) => a.total_len as usize,
+            Slot::Partial(a) => a.footprint(),
         }
     }
 }
@@ -246,9 +260,11 @@ impl Receiver {
             }
             _ => {}
         }
-        if let Some(slot) = self.slots.get_mut(&f.seq) {
-            return match slot {
-                Slot::Complete(_) => FragmentOutcome::Duplicate,
+        let seq = f.seq;
+        if let Some(slot) = self.slots.get_mut(&seq) {
+            let before = slot.cost();
+            let outcome = match slot {
+                Slot::Complete(_) => return FragmentOutcome::Duplicate,
                 Slot::Partial(a) => {
                     if a.total_len != f.total_len || a.count != f.count {
                         return FragmentOutcome::Inconsistent;
@@ -263,20 +279,16 @@ impl Receiver {
                     FragmentOutcome::Accepted
                 }
             };
+            budget.bytes = budget.bytes + slot.cost() - before;
+            return self.enforce(seq, outcome, budget, limits);
         }
-        let cost = f.total_len as usize;
-        while budget.bytes + cost > limits.max_bytes || budget.messages + 1 > limits.max_messages {
+        while budget.messages + 1 > limits.max_messages {
             // Make room by evicting the latest message after this one, if any.
-            let Some((&last, _)) = self.slots.range(f.seq + 1..).next_back() else {
+            let Some((&last, _)) = self.slots.range(seq + 1..).next_back() else {
                 return FragmentOutcome::CacheFull;
             };
-            if let Some(evicted) = self.slots.remove(&last) {
-                budget.bytes -= evicted.cost();
-                budget.messages -= 1;
-            }
+            self.evict(last, budget);
         }
-        budget.bytes += cost;
-        budget.messages += 1;
         let slot = if f.count == 1 {
             // Cached data is copied out of the datagram so the budget counts what is really held.
             Slot::Complete(Bytes::copy_from_slice(&f.data))
@@ -285,14 +297,49 @@ impl Receiver {
                 total_len: f.total_len,
                 count: f.count,
                 received: 0,
-                buf: Vec::with_capacity(cost),
-                mode: Mode::Append { next: 0 },
+                held: 0,
+                buf: Vec::new(),
+                mode: Mode::Append {
+                    next: 0,
+                    later: BTreeMap::new(),
+                    later_bytes: 0,
+                },
             };
             a.insert(f.index, &f.data);
             Slot::Partial(a)
         };
-        self.slots.insert(f.seq, slot);
-        FragmentOutcome::Accepted
+        budget.bytes += slot.cost();
+        budget.messages += 1;
+        self.slots.insert(seq, slot);
+        self.enforce(seq, FragmentOutcome::Accepted, budget, limits)
+    }
+
+    /// Keeps the cache within `max_bytes` by evicting the highest sequences first (lower ones
+    /// always win); reports `CacheFull` if message `seq` itself had to go.
+    fn enforce(
+        &mut self,
+        seq: u64,
+        outcome: FragmentOutcome,
+        budget: &mut Budget,
+        limits: &ReceiverLimits,
+    ) -> FragmentOutcome {
+        while budget.bytes > limits.max_bytes {
+            let Some((&last, _)) = self.slots.last_key_value() else {
+                break;
+            };
+            self.evict(last, budget);
+            if last == seq {
+                return FragmentOutcome::CacheFull;
+            }
+        }
+        outcome
+    }
+
+    fn evict(&mut self, seq: u64, budget: &mut Budget) {
+        if let Some(evicted) = self.slots.remove(&seq) {
+            budget.bytes -= evicted.cost();
+            budget.messages -= 1;
+        }
     }
 
     /// Delivers complete messages at `next`; true if any was delivered.
@@ -397,6 +444,11 @@ impl Receiver {
         self.failures = 0;
         let applied = self.sync_to(seq, budget);
         self.drain(budget, out);
+        if applied {
+            // The owner's answer is authoritative: it has sent nothing beyond `seq` (a higher
+            // sequence seen earlier was forged or belongs to a process that reuses the name).
+            self.known_last = seq.max(self.delivered());
+        }
         self.update_behind(now, true, limits);
         applied
     }
@@ -424,51 +476,71 @@ impl Receiver {
         }
     }
 
-    /// Applies a log range answer: messages before `first_retained` are a gap; `msgs` (ascending)
-    /// are delivered where they continue the sequence. Returns true if the receiver advanced.
-    #[allow(clippy::too_many_arguments)] // the receiver's state plus the answer's two parts
+    /// Applies a log range answer. Messages continue from the cache where it has them and from
+    /// the answer otherwise; a run of sequences that neither has and that left the sender's
+    /// retention (below `first_retained`) is reported once as a [`Delivery::Gap`]. The answer's
+    /// `last_seq` is authoritative for what the sender has sent. Returns true if the receiver
+    /// advanced; if it did not, the attempt counts as failed and backs off.
     pub fn apply_log(
         &mut self,
         now: Instant,
-        first_retained: u64,
-        msgs: Vec<(u64, Bytes)>,
+        answer: LogRange,
         budget: &mut Budget,
         limits: &ReceiverLimits,
         rng: &mut Rng,
         out: &mut Vec<Delivery>,
     ) -> bool {
         self.in_flight = None;
-        let first_retained = first_retained.min(MAX_SEQ);
-        let mut next = self.next.unwrap_or(first_retained.max(1));
+        let first = answer.first_retained.min(MAX_SEQ + 1);
+        let newest = answer
+            .last_seq
+            .max(answer.messages.last().map_or(0, |m| m.0))
+            .min(MAX_SEQ);
+        let mut next = self.next.unwrap_or(first.max(1));
         let start = next;
-        // Only what the sender says exists can be a gap.
-        let newest = self
-            .known_last
-            .max(msgs.last().map_or(0, |m| m.0.min(MAX_SEQ)));
-        let gap_end = first_retained.min(newest + 1);
-        if gap_end > next {
-            out.push(Delivery::Gap {
-                from: next,
-                to: gap_end - 1,
-            });
-            next = gap_end;
-        }
-        for (seq, payload) in msgs {
-            if seq == next && seq <= MAX_SEQ {
+        let mut msgs = answer.messages.into_iter().peekable();
+        loop {
+            if matches!(self.slots.get(&next), Some(Slot::Complete(_))) {
+                if let Some(Slot::Complete(payload)) = self.slots.remove(&next) {
+                    budget.bytes -= payload.len();
+                    budget.messages -= 1;
+                    out.push(Delivery::Message { seq: next, payload });
+                }
+                next += 1;
+                continue;
+            }
+            while msgs.next_if(|(s, _)| *s < next).is_some() {}
+            if let Some((seq, payload)) = msgs.next_if(|(s, _)| *s == next) {
                 out.push(Delivery::Message { seq, payload });
                 next += 1;
-            } else if seq > next {
-                break;
+                continue;
             }
+            if next < first && next <= newest {
+                // Lost for good, up to whichever comes first: the retained messages, the next
+                // complete message in the cache, or the end of what the sender has sent.
+                let cached = self
+                    .slots
+                    .range(next + 1..)
+                    .find(|(_, s)| matches!(s, Slot::Complete(_)))
+                    .map_or(u64::MAX, |(k, _)| *k);
+                let end = first.min(newest + 1).min(cached);
+                out.push(Delivery::Gap {
+                    from: next,
+                    to: end - 1,
+                });
+                next = end;
+                continue;
+            }
+            break;
         }
         self.next = Some(next);
-        self.known_last = self.known_last.max(next - 1);
         self.release_below(next, budget);
+        self.known_last = newest.max(next - 1);
         self.drain(budget, out);
         let advanced = self.next.is_some_and(|n| n > start);
         if advanced {
             self.failures = 0;
-            // More may be missing (the answer is capped in size): ask again straight away.
+            // More may be missing (answers are capped in size): ask again straight away.
             self.attempt_at = self.is_behind().then_some(now);
         } else {
             self.fail(now, rng, limits);
@@ -487,28 +559,87 @@ impl Receiver {
     }
 }
 
+/// Buffer size for a message of `total` bytes of which `held` are in: all of it if the message
+/// is small or a quarter of it is held, otherwise four times what is held.
+fn target_capacity(total: usize, held: usize) -> usize {
+    if total <= EAGER_BYTES || held.saturating_mul(4) >= total {
+        total
+    } else {
+        held.saturating_mul(4)
+    }
+}
+
 impl Assembly {
+    /// Bytes this assembly holds in memory.
+    fn footprint(&self) -> usize {
+        self.buf.capacity()
+            + match &self.mode {
+                Mode::Append { later_bytes, .. } => *later_bytes,
+                Mode::Scatter { have } => have.len() * 8,
+            }
+    }
+
     /// Adds fragment `index` (whose length the caller checked); false if it was already there.
     fn insert(&mut self, index: u32, data: &[u8]) -> bool {
-        if let Mode::Append { next } = &mut self.mode {
-            if index == *next {
-                self.buf.extend_from_slice(data);
-                *next += 1;
-                self.received += 1;
-                return true;
-            }
-            if index < *next {
+        let total = self.total_len as usize;
+        if let Mode::Append {
+            next,
+            later,
+            later_bytes,
+        } = &mut self.mode
+        {
+            if index < *next || later.contains_key(&index) {
                 return false;
             }
-            // First fragment out of order: switch to placing fragments at their offsets.
+            self.held += data.len();
+            self.received += 1;
+            if index == *next {
+                let want = self.buf.len() + data.len();
+                if self.buf.capacity() < want {
+                    let target = target_capacity(total, self.held);
+                    self.buf.reserve_exact(target.max(want) - self.buf.len());
+                }
+                self.buf.extend_from_slice(data);
+                *next += 1;
+                while let Some(d) = later.remove(next) {
+                    *later_bytes -= d.len();
+                    self.buf.extend_from_slice(&d);
+                    *next += 1;
+                }
+                return true;
+            }
+            if target_capacity(total, self.held) < total {
+                // Copied so the cache holds exactly the bytes it counts, not whole datagrams.
+                *later_bytes += data.len();
+                later.insert(index, Bytes::copy_from_slice(data));
+                return true;
+            }
+            // Enough of the message is here: give it its full buffer and place pieces at offsets.
             let appended = *next;
+            let pending = std::mem::take(later);
             let mut have = vec![0u64; (self.count as usize).div_ceil(64)];
             for i in 0..appended as usize {
                 have[i / 64] |= 1 << (i % 64);
             }
-            self.buf.resize(self.total_len as usize, 0);
+            self.buf.resize(total, 0);
             self.mode = Mode::Scatter { have };
+            for (i, d) in pending {
+                self.place(i, &d);
+            }
+            self.place(index, data);
+            return true;
         }
+        if self.place(index, data) {
+            self.held += data.len();
+            self.received += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Scatter mode: copies fragment `index` to its offset; false if already placed.
+    fn place(&mut self, index: u32, data: &[u8]) -> bool {
         let Mode::Scatter { have } = &mut self.mode else {
             return false;
         };
@@ -516,12 +647,11 @@ impl Assembly {
         let Some((offset, len)) = fragment_span(self.total_len, self.count, index) else {
             return false;
         };
-        if have.get(word).is_none_or(|w| w & bit != 0) {
+        if len != data.len() || have.get(word).is_none_or(|w| w & bit != 0) {
             return false;
         }
         have[word] |= bit;
         self.buf[offset..offset + len].copy_from_slice(data);
-        self.received += 1;
         true
     }
 }
@@ -541,6 +671,56 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
         }
+    }
+
+    fn log_answer(first_retained: u64, last_seq: u64, messages: Vec<(u64, Bytes)>) -> LogRange {
+        LogRange {
+            incarnation: 1,
+            first_retained,
+            last_seq,
+            messages,
+        }
+    }
+
+    #[test]
+    fn gap_stops_at_cached_messages_and_answers_are_authoritative() {
+        let t = Instant::now();
+        let l = limits();
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 4, &l); // next = 5
+        for seq in 6..=7 {
+            for f in frags(seq, b"cached", 40) {
+                r.on_fragment(t, f, &mut b, &l, &mut out);
+            }
+        }
+        // A forged far-future sequence makes the receiver think it is far behind.
+        r.on_last_seq(t, 1 << 40, &l);
+        r.start(RequestId(1));
+        // The sender retains 9..=10 only and has sent up to 10.
+        r.apply_log(
+            t,
+            log_answer(9, 10, vec![(9, Bytes::new()), (10, Bytes::new())]),
+            &mut b,
+            &l,
+            &mut Rng::new(1),
+            &mut out,
+        );
+        let seqs: Vec<String> = out
+            .iter()
+            .map(|d| match d {
+                Delivery::Message { seq, .. } => seq.to_string(),
+                Delivery::Gap { from, to } => format!("gap {from}..={to}"),
+            })
+            .collect();
+        assert_eq!(seqs, ["gap 5..=5", "6", "7", "gap 8..=8", "9", "10"]);
+        assert_eq!(b, Budget::default());
+        assert!(
+            !r.is_behind(),
+            "the answer's last_seq replaces the forged one"
+        );
+        assert!(r.deadline().is_none(), "nothing more to ask");
     }
 
     fn frags(seq: u64, msg: &[u8], payload: usize) -> Vec<Fragment> {
@@ -628,8 +808,7 @@ mod tests {
         r.start(RequestId(2));
         r.apply_log(
             retry,
-            1,
-            vec![(1, Bytes::from_static(b"first"))],
+            log_answer(1, 2, vec![(1, Bytes::from_static(b"first"))]),
             &mut b,
             &l,
             &mut rng,
@@ -652,8 +831,11 @@ mod tests {
         r.start(RequestId(1));
         r.apply_log(
             t,
-            8,
-            vec![(8, Bytes::new()), (9, Bytes::new()), (10, Bytes::new())],
+            log_answer(
+                8,
+                10,
+                vec![(8, Bytes::new()), (9, Bytes::new()), (10, Bytes::new())],
+            ),
             &mut b,
             &l,
             &mut Rng::new(1),

@@ -449,8 +449,7 @@ impl Node {
                 let r = &mut m.receivers[channel.index()];
                 let advanced = r.apply_log(
                     now,
-                    range.first_retained,
-                    range.messages,
+                    range,
                     &mut m.budget,
                     &self.limits,
                     &mut self.rng,
