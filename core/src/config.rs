@@ -105,6 +105,8 @@ pub struct Config {
     pub max_fragments_per_message: u32,
     /// Bytes of not-yet-delivered messages held per remote member (current + later). Default 32 MiB.
     pub max_cached_bytes_per_sender: usize,
+    /// Bytes of not-yet-delivered messages held for all remote members together. Default 256 MiB.
+    pub max_cached_bytes_total: usize,
     /// Not-yet-delivered messages held per remote member. Default 1024.
     pub max_cached_messages_per_sender: usize,
     /// Published messages retained for point-to-point recovery. Default 1024.
@@ -154,6 +156,7 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_fragments_per_message: 65_536,
             max_cached_bytes_per_sender: 32 << 20,
+            max_cached_bytes_total: 256 << 20,
             max_cached_messages_per_sender: 1024,
             log_retention_messages: 1024,
             log_retention_bytes: 8 << 20,
@@ -213,6 +216,9 @@ impl Config {
                 "must hold at least one datagram",
             ));
         }
+        if self.max_cached_bytes_total < self.max_datagram_size {
+            return Err(invalid("max_cached_bytes_total", "must hold at least one datagram"));
+        }
         let nonzero: [(&'static str, usize); 10] = [
             (
                 "max_cached_messages_per_sender",
@@ -257,6 +263,18 @@ impl Config {
             return Err(invalid(
                 "max_message_size",
                 "must hold one announcement of max_name_len + max_value_len",
+            ));
+        }
+        let snapshot = self
+            .max_offers_per_member
+            .saturating_mul(self.max_name_len.saturating_add(self.max_value_len).saturating_add(8))
+            .saturating_add(64);
+        if snapshot > self.http.max_body_bytes {
+            return Err(invalid(
+                "max_offers_per_member",
+                format!(
+                    "a full snapshot (max_offers_per_member x (max_name_len + max_value_len + 8) = {snapshot} bytes) must fit http.max_body_bytes"
+                ),
             ));
         }
         if self.http.max_header_bytes < 512 {

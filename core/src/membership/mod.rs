@@ -81,6 +81,8 @@ pub(crate) struct Member {
     pub receivers: [Receiver; 2],
     pub budget: Budget,
     pub probe: Option<RequestId>,
+    /// Log position kept while departed, to resume from if it is readmitted.
+    pub log_resume: Option<u64>,
     /// Heartbeat interval the member announces.
     pub interval: Duration,
     /// Heartbeats heard for this name from another process (an older incarnation, or the same
@@ -111,6 +113,7 @@ impl Member {
             receivers: [Receiver::new(Channel::State), Receiver::new(Channel::Log)],
             budget: Budget::default(),
             probe: None,
+            log_resume: None,
             interval: Duration::ZERO,
             conflict_evidence: 0,
         }
@@ -118,6 +121,7 @@ impl Member {
 
     /// Drops receivers' caches and marks the member departed.
     pub(crate) fn depart(&mut self, state: MemberState, now: Instant) {
+        self.log_resume = self.receivers[Channel::Log.index()].next();
         for r in &mut self.receivers {
             r.clear(&mut self.budget);
         }

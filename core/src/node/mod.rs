@@ -180,6 +180,8 @@ pub struct Node {
     touched: BTreeSet<String>,
     senders: [Sender; 2],
     limits: ReceiverLimits,
+    /// Bytes held by all receivers' caches (kept within `max_cached_bytes_total`).
+    cached_total: usize,
     requests: BTreeMap<RequestId, Pending>,
     /// (member, channel) pairs with a recovery request outstanding, whatever the member's
     /// incarnation: a request to a departed incarnation still occupies its slot until it is
@@ -221,7 +223,7 @@ impl Node {
                 Retention::new(config.log_retention_messages, config.log_retention_bytes),
             ),
         ];
-        Ok(Node {
+        let mut node = Node {
             key: MemberKey::of(&identity.name),
             cluster: ClusterId::of(&identity.cluster),
             rng: Rng::new(rng_seed),
@@ -237,6 +239,7 @@ impl Node {
             touched: BTreeSet::new(),
             senders,
             limits,
+            cached_total: 0,
             requests: BTreeMap::new(),
             recovering: BTreeSet::new(),
             next_request: 1,
@@ -248,7 +251,11 @@ impl Node {
             stats: Stats::default(),
             config,
             identity,
-        })
+        };
+        // The first heartbeat is queued at once, ahead of anything the owner sends, so peers
+        // admit this member before its first messages arrive.
+        node.handle_timeout(now);
+        Ok(node)
     }
 
     // ----- getters -----
@@ -320,7 +327,11 @@ impl Node {
     /// Bytes held in receive caches for all members (bounded by `max_cached_bytes_per_sender`
     /// per member).
     pub fn cached_bytes(&self) -> usize {
-        self.members.values().map(|m| m.budget.bytes).sum()
+        debug_assert_eq!(
+            self.cached_total,
+            self.members.values().map(|m| m.budget.bytes).sum::<usize>()
+        );
+        self.cached_total
     }
 
     /// Picks a provider of `name` with `strategy`, skipping members that are not alive and
@@ -759,6 +770,10 @@ impl Node {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
+        if hb.joining && m.receivers[Channel::Log.index()].next().is_none() {
+            // It started moments ago: everything it published is new to everyone.
+            m.receivers[Channel::Log.index()].sync_to(0, &mut m.budget);
+        }
         m.load = hb.load;
         m.interval = Duration::from_millis(u64::from(hb.interval_ms)).min(MAX_REMOTE_INTERVAL);
         m.joining = hb.joining;
@@ -788,7 +803,9 @@ impl Node {
                 .map(|m| m.key);
             match oldest {
                 Some(k) => {
-                    self.members.remove(&k);
+                    if let Some(old) = self.members.remove(&k) {
+                        self.cached_total -= old.budget.bytes;
+                    }
                 }
                 None => {
                     self.stats.drops.members_over_limit += 1;
@@ -796,10 +813,12 @@ impl Node {
                 }
             }
         }
-        self.members.insert(
+        if let Some(old) = self.members.insert(
             key,
             Member::new(key, name.to_owned(), incarnation, http_addr, now),
-        );
+        ) {
+            self.cached_total -= old.budget.bytes;
+        }
         self.announce_joined(key);
         true
     }
@@ -849,10 +868,21 @@ impl Node {
     ) {
         self.remove_offers(key);
         self.selector.release(key);
-        self.members.insert(
-            key,
-            Member::new(key, name.to_owned(), incarnation, http_addr, now),
-        );
+        let fresh = Member::new(key, name.to_owned(), incarnation, http_addr, now);
+        if let Some(old) = self.members.insert(key, fresh) {
+            self.cached_total -= old.budget.bytes;
+            let resume = old.incarnation == incarnation;
+            if let (true, Some(m)) = (resume, self.members.get_mut(&key)) {
+                // Readmitted after being declared failed: continue its log where this node
+                // stopped, so what it published meanwhile is recovered or reported as a gap.
+                if let Some(next) = old.log_resume {
+                    m.receivers[Channel::Log.index()].sync_to(next - 1, &mut m.budget);
+                }
+            } else if let Some(m) = self.members.get_mut(&key) {
+                // A new incarnation numbers its messages from 1: receive them all.
+                m.receivers[Channel::Log.index()].sync_to(0, &mut m.budget);
+            }
+        }
     }
 
     fn remove_offers(&mut self, key: MemberKey) {
@@ -870,6 +900,7 @@ impl Node {
         if !m.state.is_live() {
             return;
         }
+        self.cached_total -= m.budget.bytes;
         m.depart(state, now);
         let peer = peer_of(m);
         self.remove_offers(key);
@@ -914,10 +945,15 @@ impl Node {
         }
         m.last_heard = now;
         let mut deliveries: [Vec<Delivery>; 2] = [Vec::new(), Vec::new()];
+        let before = m.budget.bytes;
+        // This member may use its own budget, but never more than the node has left.
+        let mut limits = self.limits;
+        let room = self.config.max_cached_bytes_total.saturating_sub(self.cached_total);
+        limits.max_bytes = limits.max_bytes.min(before + room);
         for f in frags {
             let c = f.channel.index();
             let outcome =
-                m.receivers[c].on_fragment(now, f, &mut m.budget, &self.limits, &mut deliveries[c]);
+                m.receivers[c].on_fragment(now, f, &mut m.budget, &limits, &mut deliveries[c]);
             let drops = &mut self.stats.drops;
             match outcome {
                 FragmentOutcome::Accepted => {}
@@ -927,6 +963,7 @@ impl Node {
                 FragmentOutcome::CacheFull => drops.cache_full += 1,
             }
         }
+        self.cached_total = self.cached_total + m.budget.bytes - before;
         if m.state == MemberState::Suspect {
             m.state = MemberState::Alive;
             let peer = peer_of(m);

@@ -425,10 +425,12 @@ impl Node {
                 let Some(m) = self.members.get_mut(&member) else {
                     return true;
                 };
+                let held = m.budget.bytes;
                 let r = &mut m.receivers[channel.index()];
                 let before = r.next();
                 let applied =
                     r.apply_snapshot(now, snap.seq, &mut m.budget, &self.limits, &mut deliveries);
+                self.cached_total = self.cached_total + m.budget.bytes - held;
                 if !applied || before == Some(snap.seq + 1) {
                     self.stats.recoveries_spurious += 1;
                 }
@@ -446,6 +448,7 @@ impl Node {
                 let Some(m) = self.members.get_mut(&member) else {
                     return true;
                 };
+                let held = m.budget.bytes;
                 let r = &mut m.receivers[channel.index()];
                 let advanced = r.apply_log(
                     now,
@@ -455,6 +458,7 @@ impl Node {
                     &mut self.rng,
                     &mut deliveries,
                 );
+                self.cached_total = self.cached_total + m.budget.bytes - held;
                 if !advanced {
                     self.stats.recoveries_spurious += 1;
                 }
@@ -532,6 +536,7 @@ impl Node {
         let mut state_deliveries = Vec::new();
         let mut log_deliveries = Vec::new();
         let mut offers = None;
+        let held = m.budget.bytes;
         if let Some((seq, o)) = e.state {
             let r = &mut m.receivers[Channel::State.index()];
             if r.apply_snapshot(now, seq, &mut m.budget, &self.limits, &mut state_deliveries) {
@@ -544,6 +549,7 @@ impl Node {
             // messages keeps its place, so nothing is skipped without a Gap.
             log.apply_snapshot(now, seq, &mut m.budget, &self.limits, &mut log_deliveries);
         }
+        self.cached_total = self.cached_total + m.budget.bytes - held;
         if let Some(o) = offers {
             self.replace_offers(key, o);
         }
