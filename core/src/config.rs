@@ -217,7 +217,10 @@ impl Config {
             ));
         }
         if self.max_cached_bytes_total < self.max_datagram_size {
-            return Err(invalid("max_cached_bytes_total", "must hold at least one datagram"));
+            return Err(invalid(
+                "max_cached_bytes_total",
+                "must hold at least one datagram",
+            ));
         }
         let nonzero: [(&'static str, usize); 10] = [
             (
@@ -267,7 +270,11 @@ impl Config {
         }
         let snapshot = self
             .max_offers_per_member
-            .saturating_mul(self.max_name_len.saturating_add(self.max_value_len).saturating_add(8))
+            .saturating_mul(
+                self.max_name_len
+                    .saturating_add(self.max_value_len)
+                    .saturating_add(8),
+            )
             .saturating_add(64);
         if snapshot > self.http.max_body_bytes {
             return Err(invalid(

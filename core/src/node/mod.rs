@@ -948,7 +948,10 @@ impl Node {
         let before = m.budget.bytes;
         // This member may use its own budget, but never more than the node has left.
         let mut limits = self.limits;
-        let room = self.config.max_cached_bytes_total.saturating_sub(self.cached_total);
+        let room = self
+            .config
+            .max_cached_bytes_total
+            .saturating_sub(self.cached_total);
         limits.max_bytes = limits.max_bytes.min(before + room);
         for f in frags {
             let c = f.channel.index();

@@ -1,0 +1,354 @@
+//! Regression tests for defects found in review: each one failed before its fix.
+
+mod harness;
+
+use bytes::Bytes;
+use harness::{Cluster, test_config};
+use hybridcast_core::exchange::{self, ProbeReply, StateSnapshot, WireIdentity};
+use hybridcast_core::http::{self, HttpLimits, Request, Response};
+use hybridcast_core::wire::{self, FragmentPacker, Header, Heartbeat};
+use hybridcast_core::{
+    Channel, ClusterId, Config, Event, Identity, MemberKey, Node, Transmit, codec,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn node(t: Instant, seed: u64, config: Config) -> Node {
+    Node::new(
+        config,
+        Identity::new("prod", "web/1", 5, addr(7001)),
+        t,
+        seed,
+    )
+    .expect("node")
+}
+
+fn header(name: &str, incarnation: u64) -> Header {
+    Header {
+        cluster: ClusterId::of("prod"),
+        sender: MemberKey::of(name),
+        incarnation,
+    }
+}
+
+fn heartbeat(name: &str, port: u16, state: u64, log: u64) -> Heartbeat {
+    Heartbeat {
+        cluster_name: "prod".into(),
+        name: name.into(),
+        http_addr: addr(port),
+        host_id: String::new(),
+        load: 0,
+        interval_ms: 1000,
+        joining: false,
+        last_seq: vec![(Channel::State, state), (Channel::Log, log)],
+    }
+}
+
+fn fragment(
+    h: &Header,
+    channel: Channel,
+    seq: u64,
+    index: u32,
+    count: u32,
+    total: u32,
+    data: &[u8],
+) -> Bytes {
+    let mut p = FragmentPacker::new(h, 1400);
+    assert!(p.push(channel, seq, index, count, total, data));
+    p.finish()
+}
+
+fn drain(n: &mut Node) -> Vec<Transmit> {
+    std::iter::from_fn(|| n.poll_transmit()).collect()
+}
+
+fn seqs(events: &[Event]) -> (Vec<u64>, usize) {
+    let msgs = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let gaps = events
+        .iter()
+        .filter(|e| matches!(e, Event::Gap { .. }))
+        .count();
+    (msgs, gaps)
+}
+
+/// One forged far-future state sequence used to make the receiver ask for snapshots 20 times a
+/// second forever; the owner's answer now settles what it has sent.
+#[test]
+fn forged_high_sequence_does_not_cause_endless_polling() {
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, Config::default());
+    let mut t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    assert!(n.is_joined());
+    drain(&mut n);
+    let peer = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&peer, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    n.handle_datagram(
+        t,
+        addr(2),
+        fragment(&peer, Channel::State, wire::MAX_SEQ, 0, 1, 1, b"x"),
+    );
+    let end = t + Duration::from_secs(10);
+    let mut next_hb = t;
+    let mut snapshots = 0;
+    while t < end {
+        if t >= next_hb {
+            n.handle_datagram(
+                t,
+                addr(2),
+                wire::encode_heartbeat(&peer, &heartbeat("web/2", 7002, 0, 0)),
+            );
+            next_hb = t + Duration::from_secs(1);
+        }
+        n.handle_timeout(t);
+        for tx in drain(&mut n) {
+            if let Transmit::Request { id, request, .. } = tx {
+                let (req, _) = http::parse_request(&request, &HttpLimits::default())
+                    .expect("valid")
+                    .expect("complete");
+                let body = if req.path == exchange::PATH_STATE {
+                    snapshots += 1;
+                    codec::encode(&StateSnapshot {
+                        incarnation: 3,
+                        seq: 0,
+                        offers: vec![],
+                    })
+                } else {
+                    codec::encode(&ProbeReply {
+                        identity: WireIdentity {
+                            name: "web/2".into(),
+                            incarnation: 3,
+                            http_addr: addr(7002),
+                            host_id: String::new(),
+                            load: 0,
+                        },
+                    })
+                }
+                .expect("encode");
+                n.handle_http_response(t, id, Ok(Response::ok(exchange::CONTENT_TYPE, body)));
+            }
+        }
+        t = n
+            .poll_timeout()
+            .expect("timeout")
+            .min(next_hb)
+            .max(t + Duration::from_millis(1));
+    }
+    assert_eq!(
+        snapshots, 1,
+        "one forged datagram costs one snapshot request"
+    );
+}
+
+/// A runtime waking late (a recovery and a suspicion both due) used to get a deadline that was
+/// already due right after `handle_timeout`.
+#[test]
+fn late_wakeup_leaves_no_due_deadline() {
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, Config::default());
+    let t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    drain(&mut n);
+    let peer = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&peer, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    let msg = codec::encode(&exchange::Published {
+        topic: "t".into(),
+        payload: Bytes::from_static(b"x"),
+    })
+    .expect("encode");
+    n.handle_datagram(
+        t,
+        addr(2),
+        fragment(&peer, Channel::Log, 2, 0, 1, msg.len() as u32, &msg),
+    );
+    let late = t + Duration::from_secs(10);
+    n.handle_timeout(late);
+    drain(&mut n);
+    assert!(n.poll_timeout().expect("timeout") > late);
+}
+
+/// Identical nodes fed identical inputs must produce identical outputs.
+#[test]
+fn same_seed_and_inputs_give_the_same_outputs() {
+    let t = Instant::now();
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let mut n = node(t, 7, Config::default());
+        for i in 0..20u16 {
+            let name = format!("m/{i}");
+            n.handle_datagram(
+                t,
+                addr(2),
+                wire::encode_heartbeat(&header(&name, 1), &heartbeat(&name, 8000 + i, 3, 0)),
+            );
+        }
+        let mut r = Request::get(exchange::PATH_DUMP);
+        r.headers.push((
+            exchange::HEADER_CLUSTER.into(),
+            ClusterId::of("prod").to_string(),
+        ));
+        let dump = n.handle_http_request(t, &r).body;
+        n.handle_timeout(t + Duration::from_secs(5));
+        let sent: Vec<Transmit> = drain(&mut n);
+        outputs.push((dump, sent));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+/// A member declared failed during a partition and readmitted after it used to have what it
+/// published meanwhile skipped without a Gap.
+#[test]
+fn readmitted_member_resumes_its_log() {
+    let mut c = Cluster::new(11);
+    c.add("a");
+    c.add("b");
+    c.run_for(Duration::from_secs(2));
+    c.with(0, |n| n.publish("t", "before").expect("publish"));
+    c.run_for(Duration::from_secs(1));
+    c.partitions.push((0, 1));
+    c.run_for(Duration::from_secs(3));
+    for k in 0..5 {
+        c.with(0, |n| {
+            n.publish("t", format!("during-{k}")).expect("publish")
+        });
+    }
+    c.run_for(Duration::from_secs(2));
+    c.partitions.clear();
+    c.run_for(Duration::from_secs(3));
+    c.with(0, |n| n.publish("t", "after").expect("publish"));
+    c.run_for(Duration::from_secs(1));
+    assert!(
+        c.events(1)
+            .iter()
+            .any(|e| matches!(e, Event::MemberFailed { .. }))
+    );
+    let (msgs, gaps) = seqs(c.events(1));
+    assert_eq!((msgs, gaps), ((1..=7).collect::<Vec<_>>(), 0));
+}
+
+/// A restarted member's first messages used to be skipped without a Gap.
+#[test]
+fn restarted_member_is_received_from_sequence_one() {
+    let mut c = Cluster::new(12);
+    c.add("a");
+    c.add("b");
+    c.run_for(Duration::from_secs(2));
+    c.crash(0);
+    c.run_for(Duration::from_millis(300));
+    c.restart(0);
+    c.with(0, |n| n.publish("t", "first").expect("publish"));
+    c.run_for(Duration::from_secs(2));
+    c.with(0, |n| n.publish("t", "second").expect("publish"));
+    c.run_for(Duration::from_secs(1));
+    assert!(
+        c.events(1)
+            .iter()
+            .any(|e| matches!(e, Event::MemberRestarted { .. }))
+    );
+    assert_eq!(seqs(c.events(1)), (vec![1, 2], 0));
+}
+
+/// Even when the first heartbeat of a new member is lost, its first messages arrive: it is
+/// still joining when it is first heard, so its log is received from sequence 1.
+#[test]
+fn new_member_whose_first_heartbeat_is_lost_is_received_from_one() {
+    let mut c = Cluster::new(13);
+    c.add("a");
+    c.run_for(Duration::from_secs(2));
+    let b = c.add("b");
+    let mut lost = 0;
+    c.drop = Box::new(move |from, _, _, _| {
+        lost += 1;
+        from == b && lost <= 2
+    });
+    c.with(b, |n| n.publish("t", "hello").expect("publish"));
+    c.run_for(Duration::from_secs(2));
+    assert_eq!(seqs(c.events(0)), (vec![1], 0));
+}
+
+/// A configuration whose full snapshot cannot fit a response used to pass validation and then
+/// never converge (507 forever).
+#[test]
+fn config_whose_snapshot_cannot_fit_a_response_is_refused() {
+    let mut cfg = test_config();
+    cfg.max_message_size = 64 << 10;
+    cfg.http.max_body_bytes = 2 * (64 << 10) + 8192;
+    let err = cfg.validate().expect_err("refused");
+    assert_eq!(err.field, "max_offers_per_member");
+    cfg.max_offers_per_member = 25;
+    cfg.max_value_len = 4000;
+    assert_eq!(cfg.validate(), Ok(()));
+}
+
+/// Forged first fragments of huge messages used to commit their whole size (32 MiB per member);
+/// memory now follows the data received, and all members together stay within
+/// `max_cached_bytes_total`.
+#[test]
+fn forged_fragments_hold_little_and_the_node_wide_bound_holds() {
+    let t = Instant::now();
+    let config = Config {
+        max_cached_bytes_total: 1 << 20,
+        ..Config::default()
+    };
+    let mut n = node(t, 1, config);
+    let (total, count) = (16u32 << 20, 12_493u32);
+    let (_, len) = wire::fragment_span(total, count, 1).expect("span");
+    let data = vec![0u8; len];
+    for i in 0..4 {
+        let name = format!("evil/{i}");
+        let h = header(&name, 1);
+        n.handle_datagram(
+            t,
+            addr(9),
+            wire::encode_heartbeat(&h, &heartbeat(&name, 9000, 0, 0)),
+        );
+        for seq in [2u64, 3] {
+            n.handle_datagram(
+                t,
+                addr(9),
+                fragment(&h, Channel::Log, seq, 1, count, total, &data),
+            );
+        }
+    }
+    assert!(n.cached_bytes() < 64 << 10, "held {}", n.cached_bytes());
+    // Small messages are buffered whole at once (64 KiB each); 100 members x 4 would be 25 MiB.
+    let (total, count) = (60_000u32, 45u32);
+    let (_, len) = wire::fragment_span(total, count, 1).expect("span");
+    let data = vec![0u8; len];
+    for i in 0..100 {
+        let name = format!("many/{i}");
+        let h = header(&name, 1);
+        n.handle_datagram(
+            t,
+            addr(9),
+            wire::encode_heartbeat(&h, &heartbeat(&name, 9000, 0, 0)),
+        );
+        for seq in 2..6u64 {
+            n.handle_datagram(
+                t,
+                addr(9),
+                fragment(&h, Channel::Log, seq, 1, count, total, &data),
+            );
+        }
+    }
+    assert!(n.cached_bytes() <= 1 << 20, "held {}", n.cached_bytes());
+    assert!(n.stats().drops.cache_full > 0);
+}
