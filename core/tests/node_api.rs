@@ -354,3 +354,45 @@ fn invalid_config_names_the_field() {
     .expect_err("invalid");
     assert_eq!(err.field, "name");
 }
+
+#[test]
+fn large_batches_are_split_into_announcements_that_fit() {
+    let t = Instant::now();
+    let config = Config {
+        max_message_size: 20_000,
+        max_value_len: 1000,
+        max_offers_per_member: 1000,
+        ..Config::default()
+    };
+    let mut n = Node::new(config, Identity::new("prod", "x", 1, addr(1)), t, 1).expect("node");
+    for k in 0..200 {
+        n.bind(&format!("service-{k:04}"), &"v".repeat(900))
+            .expect("bind");
+    }
+    let sent = drain(&mut n);
+    let announcements = n.last_sent(Channel::State);
+    assert!(
+        announcements >= 10,
+        "{announcements} announcements for ~180 KB of offers"
+    );
+    // Every announcement is reassembled and accepted by a peer with the same limits.
+    let mut peer = Node::new(
+        Config {
+            max_message_size: 20_000,
+            max_value_len: 1000,
+            max_offers_per_member: 1000,
+            ..Config::default()
+        },
+        Identity::new("prod", "y", 1, addr(2)),
+        t,
+        2,
+    )
+    .expect("peer");
+    for d in sent {
+        if let Transmit::Group(bytes) = d {
+            peer.handle_datagram(t, addr(1), bytes);
+        }
+    }
+    assert_eq!(peer.stats().drops.too_large, 0);
+    assert_eq!(peer.registry().len(), 200);
+}

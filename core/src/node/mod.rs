@@ -1062,7 +1062,14 @@ impl Node {
                 if now_value == self.announced.get(&name) {
                     continue;
                 }
-                size += name.len() + now_value.map_or(0, String::len) + 16;
+                // Bincode spends at most 19 bytes on a change besides its strings; validation
+                // guarantees one change fits, so batches always stay within max_message_size.
+                let cost = name.len() + now_value.map_or(0, String::len) + 24;
+                if !changes.is_empty() && size + cost > self.config.max_message_size - 16 {
+                    batches.push(std::mem::take(&mut changes));
+                    size = 0;
+                }
+                size += cost;
                 match now_value {
                     Some(v) => {
                         self.announced.insert(name.clone(), v.clone());
@@ -1072,11 +1079,6 @@ impl Node {
                         self.announced.remove(&name);
                         changes.push(NamingChange::Unbind(name));
                     }
-                }
-                // Keep each announcement well inside max_message_size.
-                if size >= self.config.max_message_size / 2 {
-                    batches.push(std::mem::take(&mut changes));
-                    size = 0;
                 }
             }
             if !changes.is_empty() {
