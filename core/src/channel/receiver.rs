@@ -134,7 +134,7 @@ enum Mode {
 #[derive(Debug)]
 enum Slot {
     Complete(Bytes),
-    Partial(Assembly),
+    Partial(Box<Assembly>),
 }
 
 impl Slot {
@@ -306,7 +306,7 @@ impl Receiver {
                 },
             };
             a.insert(f.index, &f.data);
-            Slot::Partial(a)
+            Slot::Partial(Box::new(a))
         };
         budget.bytes += slot.cost();
         budget.messages += 1;
