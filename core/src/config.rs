@@ -134,8 +134,9 @@ pub struct Config {
     pub suspect_after_intervals: u32,
     /// Time a probe (and any other request) may take before it counts as failed. Default 2 s.
     pub request_timeout: Duration,
-    /// Listening period before the join's state-dump request. Default 3 heartbeat intervals.
-    pub discovery_period: Duration,
+    /// Listening period before the join's state-dump request; `None` (the default) means three
+    /// heartbeat intervals, whatever `heartbeat_interval` is set to.
+    pub discovery_period: Option<Duration>,
     /// How long a gap may stay open before it counts as loss (reordering is not loss). Default 50 ms.
     pub reorder_grace: Duration,
     /// First retry delay after a failed recovery request. Default 250 ms.
@@ -170,7 +171,7 @@ impl Default for Config {
             heartbeat_interval,
             suspect_after_intervals: 3,
             request_timeout: Duration::from_secs(2),
-            discovery_period: heartbeat_interval * 3,
+            discovery_period: None,
             reorder_grace: Duration::from_millis(50),
             recovery_backoff_initial: Duration::from_millis(250),
             recovery_backoff_max: Duration::from_secs(8),
@@ -301,7 +302,7 @@ impl Config {
             ("provider_quarantine", self.provider_quarantine),
             ("tombstone_ttl", self.tombstone_ttl),
             ("reorder_grace", self.reorder_grace),
-            ("discovery_period", self.discovery_period),
+            ("discovery_period", self.discovery()),
         ];
         for (field, d) in durations {
             if d > Duration::from_secs(24 * 3600) {
@@ -323,6 +324,11 @@ impl Config {
             return Err(invalid("suspect_after_intervals", "must be in 1..=1000"));
         }
         Ok(())
+    }
+
+    /// The discovery period in force (see [`Config::discovery_period`]).
+    pub fn discovery(&self) -> Duration {
+        self.discovery_period.unwrap_or(self.heartbeat_interval * 3)
     }
 
     /// Payload bytes one fragment carries at this datagram budget.

@@ -229,7 +229,7 @@ impl Node {
             rng: Rng::new(rng_seed),
             load: 0,
             phase: Phase::Discovering {
-                until: now + config.discovery_period,
+                until: now + config.discovery(),
             },
             left: false,
             members: BTreeMap::new(),

@@ -81,7 +81,7 @@ pub struct Cluster {
 pub fn test_config() -> Config {
     Config {
         heartbeat_interval: Duration::from_millis(200),
-        discovery_period: Duration::from_millis(600),
+        discovery_period: None,
         request_timeout: Duration::from_millis(500),
         recovery_backoff_initial: Duration::from_millis(50),
         recovery_backoff_max: Duration::from_millis(800),
