@@ -274,14 +274,14 @@ impl Config {
             .saturating_mul(
                 self.max_name_len
                     .saturating_add(self.max_value_len)
-                    .saturating_add(8),
+                    .saturating_add(20),
             )
             .saturating_add(64);
         if snapshot > self.http.max_body_bytes {
             return Err(invalid(
                 "max_offers_per_member",
                 format!(
-                    "a full snapshot (max_offers_per_member x (max_name_len + max_value_len + 8) = {snapshot} bytes) must fit http.max_body_bytes"
+                    "a full snapshot (max_offers_per_member x (max_name_len + max_value_len + 20) = {snapshot} bytes) must fit http.max_body_bytes"
                 ),
             ));
         }

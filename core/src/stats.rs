@@ -24,7 +24,8 @@ pub struct Drops {
     pub members_over_limit: u64,
     /// Fragment of a message above `max_message_size` or `max_fragments_per_message`.
     pub too_large: u64,
-    /// Fragment that did not fit the per-sender cache.
+    /// Fragment that did not fit the receive cache (`max_cached_bytes_per_sender`,
+    /// `max_cached_messages_per_sender` or `max_cached_bytes_total`).
     pub cache_full: u64,
     /// Fragment contradicting earlier fragments of the same message.
     pub inconsistent: u64,

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 /// Limits and timings a receiver works with (copied from the config).
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiverLimits {
-    /// Bytes of undelivered messages held per sender (`max_cached_bytes_per_sender`).
+    /// Bytes of undelivered messages held per sender (`max_cached_bytes_per_sender`, lowered by
+    /// the node so that all senders together stay within `max_cached_bytes_total`).
     pub max_bytes: usize,
     /// Undelivered messages held per sender (`max_cached_messages_per_sender`).
     pub max_messages: usize,
@@ -41,7 +42,7 @@ pub struct ReceiverLimits {
 /// Cache use of one remote member, shared by its channels' receivers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
-    /// Bytes reserved by undelivered messages.
+    /// Bytes held by undelivered messages (buffers and copies).
     pub bytes: usize,
     /// Undelivered messages held.
     pub messages: usize,
@@ -153,7 +154,9 @@ pub struct Receiver {
     /// Next sequence to deliver; `None` until synchronised (state channel seen mid-stream).
     next: Option<u64>,
     slots: BTreeMap<u64, Slot>,
-    /// Highest sequence known to have been sent.
+    /// Highest sequence known to have been sent completely: a heartbeat's last sequence, or one
+    /// below a fragment's (the sender finishes a message before starting the next), so the
+    /// fragments of the message being assembled are never taken as a sign of loss.
     known_last: u64,
     /// When to ask for recovery (set while behind and nothing is in flight).
     attempt_at: Option<Instant>,
@@ -185,9 +188,9 @@ impl Receiver {
         self.next.map_or(0, |n| n - 1)
     }
 
-    /// Highest sequence known to exist.
+    /// Highest sequence known to have been sent completely (at least what was delivered).
     pub fn known_last(&self) -> u64 {
-        self.known_last
+        self.known_last.max(self.delivered())
     }
 
     /// The recovery request in flight, if any.
@@ -227,7 +230,7 @@ impl Receiver {
         {
             return FragmentOutcome::Inconsistent;
         }
-        self.known_last = self.known_last.max(f.seq);
+        self.known_last = self.known_last.max(f.seq - 1);
         if self.next.is_none() && (self.channel == Channel::Log || f.seq == 1) {
             // First contact: the log channel starts wherever the sender is; the state channel
             // only when it sees the very first message (otherwise it needs a snapshot).
@@ -442,13 +445,28 @@ impl Receiver {
     ) -> bool {
         self.in_flight = None;
         self.failures = 0;
-        let applied = self.sync_to(seq, budget);
-        self.drain(budget, out);
+        let applied = self.jump_to(now, seq, budget, limits, out);
         if applied {
             // The owner's answer is authoritative: it has sent nothing beyond `seq` (a higher
             // sequence seen earlier was forged or belongs to a process that reuses the name).
             self.known_last = seq.max(self.delivered());
+            self.update_behind(now, true, limits);
         }
+        applied
+    }
+
+    /// Takes position `seq` from a third party (a join's state dump): like a snapshot, but what
+    /// is known of the sender's own progress is kept. Returns false if already past `seq`.
+    pub fn jump_to(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        budget: &mut Budget,
+        limits: &ReceiverLimits,
+        out: &mut Vec<Delivery>,
+    ) -> bool {
+        let applied = self.sync_to(seq, budget);
+        self.drain(budget, out);
         self.update_behind(now, true, limits);
         applied
     }
@@ -778,6 +796,24 @@ mod tests {
     }
 
     #[test]
+    fn a_large_message_still_arriving_is_not_loss() {
+        let t = Instant::now();
+        let l = limits();
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 0, &l);
+        let msg = vec![7u8; 200 * 40];
+        // 200 fragments over 400 ms, far longer than the 50 ms grace.
+        for (i, f) in frags(1, &msg, 40).into_iter().enumerate() {
+            let now = t + Duration::from_millis(2 * i as u64);
+            r.on_fragment(now, f, &mut b, &l, &mut out);
+            assert!(!r.is_behind() && r.deadline().is_none(), "fragment {i}");
+        }
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
     fn gap_waits_for_grace_then_asks_once() {
         let t = Instant::now();
         let l = limits();
@@ -792,7 +828,7 @@ mod tests {
         assert!(out.is_empty() && r.is_behind());
         assert_eq!(r.poll_ask(t), None, "grace period");
         let due = r.deadline().expect("deadline");
-        assert_eq!(r.poll_ask(due), Some(Ask::Range { from: 1, to: 2 }));
+        assert_eq!(r.poll_ask(due), Some(Ask::Range { from: 1, to: 1 }));
         r.start(RequestId(1));
         assert_eq!(
             r.poll_ask(due + Duration::from_secs(9)),

@@ -325,7 +325,7 @@ impl Node {
     }
 
     /// Bytes held in receive caches for all members (bounded by `max_cached_bytes_per_sender`
-    /// per member).
+    /// per member and `max_cached_bytes_total` in all).
     pub fn cached_bytes(&self) -> usize {
         debug_assert_eq!(
             self.cached_total,
@@ -1062,7 +1062,7 @@ impl Node {
                 if now_value == self.announced.get(&name) {
                     continue;
                 }
-                // Bincode spends at most 19 bytes on a change besides its strings; validation
+                // Bincode spends at most 11 bytes on a change besides its strings; validation
                 // guarantees one change fits, so batches always stay within max_message_size.
                 let cost = name.len() + now_value.map_or(0, String::len) + 24;
                 if !changes.is_empty() && size + cost > self.config.max_message_size - 16 {

@@ -539,7 +539,7 @@ impl Node {
         let held = m.budget.bytes;
         if let Some((seq, o)) = e.state {
             let r = &mut m.receivers[Channel::State.index()];
-            if r.apply_snapshot(now, seq, &mut m.budget, &self.limits, &mut state_deliveries) {
+            if r.jump_to(now, seq, &mut m.budget, &self.limits, &mut state_deliveries) {
                 offers = Some(o);
             }
         }
@@ -547,7 +547,7 @@ impl Node {
         if let (Some(seq), None) = (e.log_seq, log.next()) {
             // Only a receiver with no position takes the dump's: one that already delivers
             // messages keeps its place, so nothing is skipped without a Gap.
-            log.apply_snapshot(now, seq, &mut m.budget, &self.limits, &mut log_deliveries);
+            log.jump_to(now, seq, &mut m.budget, &self.limits, &mut log_deliveries);
         }
         self.cached_total = self.cached_total + m.budget.bytes - held;
         if let Some(o) = offers {
