@@ -123,7 +123,10 @@ pub struct Config {
     pub max_value_len: usize,
     /// Longest pub/sub topic in bytes. Default 256.
     pub max_topic_len: usize,
-    /// Events queued for the owner before the oldest are dropped (and counted). Default 65 536.
+    /// Events queued for the owner before new sequenced data is refused (to be recovered once
+    /// the owner drains them). Only if the owner stops draining altogether, and membership events
+    /// keep coming, are the oldest dropped (and counted), past this plus one answer's worth.
+    /// Default 65 536.
     pub max_queued_events: usize,
     /// Limits on point-to-point HTTP requests and responses.
     pub http: HttpLimits,

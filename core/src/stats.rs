@@ -29,6 +29,9 @@ pub struct Drops {
     pub cache_full: u64,
     /// Fragment contradicting earlier fragments of the same message.
     pub inconsistent: u64,
+    /// Fragment refused because `max_queued_events` events wait to be drained; it is
+    /// recovered later like a lost one.
+    pub backlogged: u64,
     /// Fragment already received or already delivered.
     pub duplicate: u64,
     /// Delivered message whose payload could not be decoded.
@@ -76,7 +79,8 @@ pub struct Stats {
     pub http_errors: u64,
     /// Responses that arrived for a request no longer waited for.
     pub stale_responses: u64,
-    /// Events dropped because the owner did not drain them (`max_queued_events`).
+    /// Events dropped because the owner let far more than `max_queued_events` pile up (from
+    /// `max_queued_events` on, new sequenced data is refused and recovered later instead).
     pub events_dropped: u64,
     /// Members currently alive.
     pub members_alive: u64,

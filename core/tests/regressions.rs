@@ -352,3 +352,31 @@ fn forged_fragments_hold_little_and_the_node_wide_bound_holds() {
     assert!(n.cached_bytes() <= 1 << 20, "held {}", n.cached_bytes());
     assert!(n.stats().drops.cache_full > 0);
 }
+
+/// An owner that does not drain its events used to lose the oldest (counted); now new data is
+/// refused while `max_queued_events` wait, and recovered once the owner drains them.
+#[test]
+fn a_slow_owner_loses_no_messages() {
+    let config = Config {
+        max_queued_events: 10,
+        ..test_config()
+    };
+    let mut c = Cluster::with_config(14, config);
+    c.add("a");
+    c.add("b");
+    c.run_for(Duration::from_secs(2));
+    c.nodes[1].hold_events = true;
+    for k in 0..50 {
+        c.with(0, |n| n.publish("t", format!("m{k}")).expect("publish"));
+        c.run_for(Duration::from_millis(20));
+    }
+    c.run_for(Duration::from_secs(1));
+    assert!(c.nodes[1].node.stats().drops.backlogged > 0);
+    c.nodes[1].hold_events = false;
+    for _ in 0..40 {
+        c.drain(1);
+        c.run_for(Duration::from_millis(200));
+    }
+    assert_eq!(seqs(c.events(1)), ((1..=50).collect::<Vec<_>>(), 0));
+    assert_eq!(c.nodes[1].node.stats().events_dropped, 0);
+}

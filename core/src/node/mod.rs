@@ -534,6 +534,10 @@ impl Node {
         }
         match d.body {
             Body::Heartbeat(hb) => self.on_heartbeat(now, d.header, hb),
+            Body::Fragments(frags) if self.events_backlogged() => {
+                // Nothing is lost: the receivers will see the gap and recover it later.
+                self.stats.drops.backlogged += frags.len() as u64;
+            }
             Body::Fragments(frags) => self.on_fragments(now, d.header, frags),
             Body::Leave => self.on_leave(now, d.header),
         }
@@ -1112,8 +1116,24 @@ impl Node {
 
     // ----- internals: events -----
 
+    /// True while the owner has let `max_queued_events` events pile up: new sequenced data is
+    /// then refused (and recovered later) instead of queueing more deliveries.
+    fn events_backlogged(&self) -> bool {
+        self.events.len() >= self.config.max_queued_events
+    }
+
     fn push_event(&mut self, e: Event) {
-        if self.events.len() >= self.config.max_queued_events {
+        // Deliveries stop at `max_queued_events` (see `events_backlogged`); beyond it only come
+        // membership events and the deliveries of one answer already accepted, so this hard stop
+        // is never reached by a node whose owner drains its events eventually.
+        let c = &self.config;
+        let hard = c
+            .max_queued_events
+            .saturating_add(c.log_retention_messages)
+            .saturating_add(c.max_offers_per_member.saturating_mul(2))
+            .saturating_add(c.max_members.saturating_mul(4))
+            .saturating_add(64);
+        if self.events.len() >= hard {
             self.events.pop_front();
             self.stats.events_dropped += 1;
         }

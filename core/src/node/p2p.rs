@@ -295,8 +295,11 @@ impl Node {
             self.stats.stale_responses += 1;
             return;
         };
+        let backlogged =
+            self.events_backlogged() && matches!(pending.purpose, Purpose::Recovery { .. });
         let body = match response {
-            Ok(r) if r.status == 200 => r.body,
+            // A recovery answer waits (retried with backoff) until the owner drains its events.
+            Ok(r) if r.status == 200 && !backlogged => r.body,
             _ => {
                 self.request_failed(now, id, pending.purpose);
                 return;

@@ -50,6 +50,8 @@ pub struct SimNode {
     /// Virtual time (since the cluster's start) of each entry of `events`.
     pub event_times: Vec<Duration>,
     pub up: bool,
+    /// While true, the node's events are left in its queue (a slow owner).
+    pub hold_events: bool,
 }
 
 /// A cluster on a virtual clock.
@@ -132,6 +134,7 @@ impl Cluster {
             events: Vec::new(),
             event_times: Vec::new(),
             up: true,
+            hold_events: false,
         });
         idx
     }
@@ -160,6 +163,7 @@ impl Cluster {
             events: Vec::new(),
             event_times: Vec::new(),
             up: true,
+            hold_events: false,
         };
     }
 
@@ -260,6 +264,9 @@ impl Cluster {
             }
         }
         let at = self.now - self.start;
+        if self.nodes[i].hold_events {
+            return;
+        }
         while let Some(e) = self.nodes[i].node.poll_event() {
             self.nodes[i].events.push(e);
             self.nodes[i].event_times.push(at);
