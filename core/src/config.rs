@@ -60,6 +60,18 @@ impl Identity {
         }
     }
 
+    /// The identity of clone `index` of server group `group`, named by the default rule
+    /// `<group>/<index>` (unique across machines as long as clone indices are).
+    pub fn for_clone(
+        cluster: impl Into<String>,
+        group: &str,
+        index: u32,
+        incarnation: u64,
+        http_addr: SocketAddr,
+    ) -> Self {
+        Identity::new(cluster, Identity::clone_name(group, index), incarnation, http_addr)
+    }
+
     /// The default member name of clone `index` of server group `group`: `<group>/<index>`.
     pub fn clone_name(group: &str, index: u32) -> String {
         format!("{group}/{index}")
@@ -406,7 +418,7 @@ mod tests {
     #[test]
     fn identity_checks() {
         let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let ok = Identity::new("c", Identity::clone_name("web", 1), 1, addr);
+        let ok = Identity::for_clone("c", "web", 1, 1, addr);
         assert_eq!(ok.name, "web/1");
         assert_eq!(ok.validate(), Ok(()));
         let mut bad = ok.clone();
