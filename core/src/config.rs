@@ -69,7 +69,12 @@ impl Identity {
         incarnation: u64,
         http_addr: SocketAddr,
     ) -> Self {
-        Identity::new(cluster, Identity::clone_name(group, index), incarnation, http_addr)
+        Identity::new(
+            cluster,
+            Identity::clone_name(group, index),
+            incarnation,
+            http_addr,
+        )
     }
 
     /// The default member name of clone `index` of server group `group`: `<group>/<index>`.
@@ -136,8 +141,8 @@ pub struct Config {
     /// Longest pub/sub topic in bytes. Default 256.
     pub max_topic_len: usize,
     /// Events queued for the owner before new sequenced data is refused (to be recovered once
-    /// the owner drains them). Only if the owner stops draining altogether, and membership events
-    /// keep coming, are the oldest dropped (and counted), past this plus one answer's worth.
+    /// the owner drains them); deliveries are never dropped. Membership events beyond twice this
+    /// are dropped and counted.
     /// Default 65 536.
     pub max_queued_events: usize,
     /// Limits on point-to-point HTTP requests and responses.

@@ -79,8 +79,9 @@ pub struct Stats {
     pub http_errors: u64,
     /// Responses that arrived for a request no longer waited for.
     pub stale_responses: u64,
-    /// Events dropped because the owner let far more than `max_queued_events` pile up (from
-    /// `max_queued_events` on, new sequenced data is refused and recovered later instead).
+    /// Membership events dropped because the owner let twice `max_queued_events` pile up.
+    /// Deliveries are never dropped: from `max_queued_events` on, new sequenced data is refused
+    /// and recovered later instead.
     pub events_dropped: u64,
     /// Members currently alive.
     pub members_alive: u64,

@@ -380,3 +380,225 @@ fn a_slow_owner_loses_no_messages() {
     assert_eq!(seqs(c.events(1)), ((1..=50).collect::<Vec<_>>(), 0));
     assert_eq!(c.nodes[1].node.stats().events_dropped, 0);
 }
+
+fn messages(n: &mut Node) -> Vec<u64> {
+    std::iter::from_fn(|| n.poll_event())
+        .filter_map(|e| match e {
+            Event::Message { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn published(payload: impl Into<Bytes>) -> Vec<u8> {
+    codec::encode(&exchange::Published {
+        topic: "t".into(),
+        payload: payload.into(),
+    })
+    .expect("encode")
+}
+
+/// Switching a large message to offset placement used to over-allocate (amortised growth), so a
+/// message that fits the per-sender budget was evicted after a single reordering.
+#[test]
+fn one_reordering_does_not_evict_a_message_that_fits() {
+    let t = Instant::now();
+    let config = Config {
+        max_cached_bytes_per_sender: 100_000,
+        ..Config::default()
+    };
+    let mut n = node(t, 1, config);
+    let h = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    let msg = published(vec![7u8; 84_990]);
+    let (total, count) = (msg.len() as u32, 85u32);
+    let mut order: Vec<u32> = (0..22).collect();
+    order.push(50);
+    order.extend((22..85).filter(|i| *i != 50));
+    for i in order {
+        let (o, l) = wire::fragment_span(total, count, i).expect("span");
+        n.handle_datagram(
+            t,
+            addr(2),
+            fragment(&h, Channel::Log, 1, i, count, total, &msg[o..o + l]),
+        );
+        drain(&mut n);
+    }
+    assert_eq!(n.stats().drops.cache_full, 0);
+    assert_eq!(messages(&mut n), vec![1]);
+}
+
+/// One fragment completing the message at `next` drains every cached successor at once; those
+/// deliveries used to be dropped past a hard cap although the owner drains after every input.
+#[test]
+fn a_long_drain_loses_no_messages() {
+    let t = Instant::now();
+    let config = Config {
+        max_queued_events: 10,
+        log_retention_messages: 16,
+        max_offers_per_member: 10,
+        max_members: 8,
+        ..Config::default()
+    };
+    let mut n = node(t, 1, config);
+    let h = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    while n.poll_event().is_some() {}
+    let m = published(Bytes::from_static(b"x"));
+    for seq in 2..=300u64 {
+        n.handle_datagram(
+            t,
+            addr(2),
+            fragment(&h, Channel::Log, seq, 0, 1, m.len() as u32, &m),
+        );
+        drain(&mut n);
+        while n.poll_event().is_some() {}
+    }
+    n.handle_datagram(
+        t,
+        addr(2),
+        fragment(&h, Channel::Log, 1, 0, 1, m.len() as u32, &m),
+    );
+    assert_eq!(messages(&mut n), (1..=300).collect::<Vec<_>>());
+    assert_eq!(n.stats().events_dropped, 0);
+}
+
+/// Drives `n` for `secs` seconds, answering its requests as the member `web/2` (incarnation 3)
+/// whose state-channel snapshot is at sequence 0; returns the snapshot requests made.
+fn snapshot_requests_answered_with_seq_zero(n: &mut Node, mut t: Instant, secs: u64) -> usize {
+    let h = header("web/2", 3);
+    let end = t + Duration::from_secs(secs);
+    let mut next_hb = t;
+    let mut snapshots = 0;
+    while t < end {
+        if t >= next_hb {
+            n.handle_datagram(
+                t,
+                addr(2),
+                wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
+            );
+            next_hb = t + Duration::from_secs(1);
+        }
+        n.handle_timeout(t);
+        for tx in drain(n) {
+            if let Transmit::Request { id, request, .. } = tx {
+                let (req, _) = http::parse_request(&request, &HttpLimits::default())
+                    .expect("valid")
+                    .expect("complete");
+                let body = if req.path == exchange::PATH_STATE {
+                    snapshots += 1;
+                    codec::encode(&StateSnapshot {
+                        incarnation: 3,
+                        seq: 0,
+                        offers: vec![],
+                    })
+                } else {
+                    codec::encode(&ProbeReply {
+                        identity: WireIdentity {
+                            name: "web/2".into(),
+                            incarnation: 3,
+                            http_addr: addr(7002),
+                            host_id: String::new(),
+                            load: 0,
+                        },
+                    })
+                }
+                .expect("encode");
+                n.handle_http_response(t, id, Ok(Response::ok(exchange::CONTENT_TYPE, body)));
+            }
+        }
+        t = n
+            .poll_timeout()
+            .expect("timeout")
+            .min(next_hb)
+            .max(t + Duration::from_millis(1));
+    }
+    snapshots
+}
+
+/// A snapshot below what was already delivered (forged fragments, or two processes with one
+/// identity) used to be retried every reorder_grace, forever.
+#[test]
+fn a_contradicting_snapshot_backs_off() {
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, Config::default());
+    let t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    drain(&mut n);
+    let h = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    let a = codec::encode(&exchange::Announcement { changes: vec![] }).expect("encode");
+    for seq in [1u64, 2, 3, 5] {
+        n.handle_datagram(
+            t,
+            addr(2),
+            fragment(&h, Channel::State, seq, 0, 1, a.len() as u32, &a),
+        );
+    }
+    let snapshots = snapshot_requests_answered_with_seq_zero(&mut n, t, 10);
+    // Exponential backoff from 250 ms: about log2(10 s / 125 ms) requests, not 200.
+    assert!(snapshots <= 7, "{snapshots} snapshot requests in 10 s");
+}
+
+/// An owner's answer built before its latest message used to erase the evidence of a loss that
+/// a cached later message gives; the receiver then waited for the next heartbeat.
+#[test]
+fn a_cached_later_message_still_proves_a_loss_after_an_answer() {
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, Config::default());
+    let mut t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    drain(&mut n);
+    let h = header("web/2", 3);
+    let mut hb = heartbeat("web/2", 7002, 0, 0);
+    hb.interval_ms = 10_000;
+    n.handle_datagram(t, addr(2), wire::encode_heartbeat(&h, &hb));
+    let m = published(Bytes::from_static(b"x"));
+    let f = |seq| fragment(&h, Channel::Log, seq, 0, 1, m.len() as u32, &m);
+    n.handle_datagram(t, addr(2), f(2)); // 1 lost
+    t += Duration::from_millis(60);
+    n.handle_timeout(t);
+    let id = drain(&mut n)
+        .into_iter()
+        .find_map(|tx| match tx {
+            Transmit::Request { id, .. } => Some(id),
+            Transmit::Group(_) => None,
+        })
+        .expect("range request");
+    n.handle_datagram(t, addr(2), f(4)); // 3 lost; 4 arrives before the (older) answer
+    let body = codec::encode(&exchange::LogRange {
+        incarnation: 3,
+        first_retained: 1,
+        last_seq: 2,
+        messages: vec![(1, Bytes::from(m.clone()))],
+    })
+    .expect("encode");
+    n.handle_http_response(t, id, Ok(Response::ok(exchange::CONTENT_TYPE, body)));
+    assert_eq!(messages(&mut n), vec![1, 2]);
+    let end = t + Duration::from_secs(2);
+    let mut asked = false;
+    while t < end {
+        n.handle_timeout(t);
+        asked |= drain(&mut n)
+            .iter()
+            .any(|tx| matches!(tx, Transmit::Request { .. }));
+        t = n
+            .poll_timeout()
+            .expect("timeout")
+            .min(end)
+            .max(t + Duration::from_millis(1));
+    }
+    assert!(asked, "message 3 asked for although no heartbeat came");
+}

@@ -276,7 +276,9 @@ impl Receiver {
                         return FragmentOutcome::Duplicate;
                     }
                     if a.received == a.count {
-                        let done = std::mem::take(&mut a.buf);
+                        let mut done = std::mem::take(&mut a.buf);
+                        // A complete message is counted by its length: hold no more than that.
+                        done.shrink_to_fit();
                         *slot = Slot::Complete(Bytes::from(done));
                     }
                     FragmentOutcome::Accepted
@@ -435,24 +437,66 @@ impl Receiver {
 
     /// Applies a state snapshot reflecting everything up to `seq`. Returns false if it is older
     /// than what was already delivered (the caller must then ignore its contents).
+    ///
+    /// The owner's answer is authoritative for what it had sent when it answered; only later
+    /// messages already cached here still count as evidence of loss. If the receiver is still
+    /// behind after the answer, the attempt counts as failed and the next one backs off, so
+    /// neither a forged sequence nor a contradicting answer can make it poll.
     pub fn apply_snapshot(
         &mut self,
         now: Instant,
         seq: u64,
         budget: &mut Budget,
         limits: &ReceiverLimits,
+        rng: &mut Rng,
         out: &mut Vec<Delivery>,
     ) -> bool {
         self.in_flight = None;
-        self.failures = 0;
-        let applied = self.jump_to(now, seq, budget, limits, out);
-        if applied {
-            // The owner's answer is authoritative: it has sent nothing beyond `seq` (a higher
-            // sequence seen earlier was forged or belongs to a process that reuses the name).
-            self.known_last = seq.max(self.delivered());
-            self.update_behind(now, true, limits);
-        }
+        let applied = self.sync_to(seq, budget);
+        self.drain(budget, out);
+        self.release_implausible(seq, budget, limits);
+        self.known_last = seq
+            .min(MAX_SEQ)
+            .max(self.delivered())
+            .max(self.cached_evidence());
+        self.settle_after_answer(now, rng, limits);
         applied
+    }
+
+    /// Drops cached messages further beyond the owner's last sequence `newest` than a whole cache
+    /// of messages: no real sender outruns its own answer by that much, so they were forged (or
+    /// belong to another process with the same identity).
+    fn release_implausible(&mut self, newest: u64, budget: &mut Budget, limits: &ReceiverLimits) {
+        let horizon = newest.saturating_add(limits.max_messages as u64);
+        while let Some((&seq, _)) = self.slots.last_key_value() {
+            if seq <= horizon {
+                break;
+            }
+            if let Some(slot) = self.slots.remove(&seq) {
+                budget.bytes -= slot.cost();
+                budget.messages -= 1;
+            }
+        }
+    }
+
+    /// Highest sequence that cached later messages prove was sent (one below the lowest cached
+    /// message beyond `next`).
+    fn cached_evidence(&self) -> u64 {
+        let from = self.next.map_or(0, |n| n + 1);
+        self.slots
+            .range(from..)
+            .next()
+            .map_or(0, |(seq, _)| seq - 1)
+    }
+
+    /// After an owner's answer: in sync resets the failures; still behind backs off.
+    fn settle_after_answer(&mut self, now: Instant, rng: &mut Rng, limits: &ReceiverLimits) {
+        if self.is_behind() {
+            self.fail(now, rng, limits);
+        } else {
+            self.failures = 0;
+            self.attempt_at = None;
+        }
     }
 
     /// Takes position `seq` from a third party (a join's state dump): like a snapshot, but what
@@ -553,15 +597,16 @@ impl Receiver {
         }
         self.next = Some(next);
         self.release_below(next, budget);
-        self.known_last = newest.max(next - 1);
         self.drain(budget, out);
+        self.release_implausible(newest, budget, limits);
+        self.known_last = newest.max(self.delivered()).max(self.cached_evidence());
         let advanced = self.next.is_some_and(|n| n > start);
-        if advanced {
+        if advanced && newest >= self.next.unwrap_or(0) {
+            // The sender has more than one answer carried (answers are capped): ask again now.
             self.failures = 0;
-            // More may be missing (answers are capped in size): ask again straight away.
-            self.attempt_at = self.is_behind().then_some(now);
+            self.attempt_at = Some(now);
         } else {
-            self.fail(now, rng, limits);
+            self.settle_after_answer(now, rng, limits);
         }
         advanced
     }
@@ -639,6 +684,8 @@ impl Assembly {
             for i in 0..appended as usize {
                 have[i / 64] |= 1 << (i % 64);
             }
+            // Exactly the message's size: the cache budget counts this allocation.
+            self.buf.reserve_exact(total - self.buf.len());
             self.buf.resize(total, 0);
             self.mode = Mode::Scatter { have };
             for (i, d) in pending {
@@ -897,7 +944,7 @@ mod tests {
         }
         assert_eq!(r.poll_ask(t + l.grace), Some(Ask::Snapshot { after: None }));
         r.start(RequestId(5));
-        assert!(r.apply_snapshot(t, 5, &mut b, &l, &mut out));
+        assert!(r.apply_snapshot(t, 5, &mut b, &l, &mut Rng::new(1), &mut out));
         assert_eq!(
             out,
             vec![Delivery::Message {

@@ -485,7 +485,8 @@ impl Node {
         for p in self.requests.values() {
             consider(Some(p.deadline));
         }
-        let joined = self.is_joined();
+        // While the owner has events to drain, recovery waits (and must not spin the timer).
+        let recovering = self.is_joined() && !self.events_backlogged();
         for m in self.members.values() {
             match m.state {
                 MemberState::Alive => consider(Some(m.last_heard + self.suspect_timeout(m))),
@@ -494,7 +495,7 @@ impl Node {
                     consider(m.departed_at.map(|d| d + self.config.tombstone_ttl));
                 }
             }
-            if joined && m.state.is_live() {
+            if recovering && m.state.is_live() {
                 for c in Channel::ALL {
                     // A slot held by an older request frees itself through that request's own
                     // deadline, which is already considered.
@@ -601,7 +602,7 @@ impl Node {
                 self.push_event(Event::MemberSuspect { peer });
                 self.start_probe(now, key);
             }
-            if !joined || !live {
+            if !joined || !live || self.events_backlogged() {
                 continue;
             }
             for channel in Channel::ALL {
@@ -1123,19 +1124,17 @@ impl Node {
     }
 
     fn push_event(&mut self, e: Event) {
-        // Deliveries stop at `max_queued_events` (see `events_backlogged`); beyond it only come
-        // membership events and the deliveries of one answer already accepted, so this hard stop
-        // is never reached by a node whose owner drains its events eventually.
-        let c = &self.config;
-        let hard = c
-            .max_queued_events
-            .saturating_add(c.log_retention_messages)
-            .saturating_add(c.max_offers_per_member.saturating_mul(2))
-            .saturating_add(c.max_members.saturating_mul(4))
-            .saturating_add(64);
-        if self.events.len() >= hard {
-            self.events.pop_front();
+        // Deliveries (messages, gaps, bindings) are never dropped: from `max_queued_events` on no
+        // new sequenced data is taken in, so what still arrives is bounded by the receive caches
+        // and one answer already accepted. Membership events are the only ones that can keep
+        // coming from a peer's traffic alone; past twice the limit they are dropped and counted.
+        let delivery = matches!(
+            e,
+            Event::Message { .. } | Event::Gap { .. } | Event::Bound { .. } | Event::Unbound { .. }
+        );
+        if !delivery && self.events.len() >= self.config.max_queued_events.saturating_mul(2) {
             self.stats.events_dropped += 1;
+            return;
         }
         self.events.push_back(e);
     }

@@ -431,8 +431,14 @@ impl Node {
                 let held = m.budget.bytes;
                 let r = &mut m.receivers[channel.index()];
                 let before = r.next();
-                let applied =
-                    r.apply_snapshot(now, snap.seq, &mut m.budget, &self.limits, &mut deliveries);
+                let applied = r.apply_snapshot(
+                    now,
+                    snap.seq,
+                    &mut m.budget,
+                    &self.limits,
+                    &mut self.rng,
+                    &mut deliveries,
+                );
                 self.cached_total = self.cached_total + m.budget.bytes - held;
                 if !applied || before == Some(snap.seq + 1) {
                     self.stats.recoveries_spurious += 1;
