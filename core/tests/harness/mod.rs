@@ -128,22 +128,24 @@ impl Cluster {
             .parse()
             .expect("addr");
         let node = self.make_node(name, addr, 0);
-        self.nodes.push(SimNode {
+        self.nodes.push(node);
+        idx
+    }
+
+    /// A fresh simulated member (incarnation from the virtual time, above `bump`).
+    fn make_node(&mut self, name: &str, addr: SocketAddr, bump: u64) -> SimNode {
+        let incarnation = 1 + (self.now - self.start).as_millis() as u64 + bump;
+        let mut id = Identity::new("sim", name, incarnation, addr);
+        id.host_id = format!("host-{}", addr.port() % 3);
+        let node = Node::new(self.config.clone(), id, self.now, self.rng.next_u64()).expect("node");
+        SimNode {
             node,
             addr,
             events: Vec::new(),
             event_times: Vec::new(),
             up: true,
             hold_events: false,
-        });
-        idx
-    }
-
-    fn make_node(&mut self, name: &str, addr: SocketAddr, bump: u64) -> Node {
-        let incarnation = 1 + (self.now - self.start).as_millis() as u64 + bump;
-        let mut id = Identity::new("sim", name, incarnation, addr);
-        id.host_id = format!("host-{}", addr.port() % 3);
-        Node::new(self.config.clone(), id, self.now, self.rng.next_u64()).expect("node")
+        }
     }
 
     /// Crash: the node stops, its state is gone; requests to it fail.
@@ -156,15 +158,7 @@ impl Cluster {
         let name = self.nodes[i].node.identity().name.clone();
         let addr = self.nodes[i].addr;
         let old = self.nodes[i].node.identity().incarnation;
-        let node = self.make_node(&name, addr, old);
-        self.nodes[i] = SimNode {
-            node,
-            addr,
-            events: Vec::new(),
-            event_times: Vec::new(),
-            up: true,
-            hold_events: false,
-        };
+        self.nodes[i] = self.make_node(&name, addr, old);
     }
 
     pub fn elapsed(&self) -> Duration {
