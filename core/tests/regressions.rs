@@ -66,6 +66,20 @@ fn drain(n: &mut Node) -> Vec<Transmit> {
     std::iter::from_fn(|| n.poll_transmit()).collect()
 }
 
+/// A node that finished joining (alone) and then heard the member `web/2` (incarnation 3)
+/// announce `hb`; returns the node, `web/2`'s header and the current time.
+fn joined_with_peer(hb: &Heartbeat) -> (Node, Header, Instant) {
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, Config::default());
+    let t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    assert!(n.is_joined());
+    drain(&mut n);
+    let h = header("web/2", 3);
+    n.handle_datagram(t, addr(2), wire::encode_heartbeat(&h, hb));
+    (n, h, t)
+}
+
 fn seqs(events: &[Event]) -> (Vec<u64>, usize) {
     let msgs = events
         .iter()
@@ -85,18 +99,7 @@ fn seqs(events: &[Event]) -> (Vec<u64>, usize) {
 /// second forever; the owner's answer now settles what it has sent.
 #[test]
 fn forged_high_sequence_does_not_cause_endless_polling() {
-    let t0 = Instant::now();
-    let mut n = node(t0, 1, Config::default());
-    let t = t0 + Duration::from_secs(4);
-    n.handle_timeout(t);
-    assert!(n.is_joined());
-    drain(&mut n);
-    let peer = header("web/2", 3);
-    n.handle_datagram(
-        t,
-        addr(2),
-        wire::encode_heartbeat(&peer, &heartbeat("web/2", 7002, 0, 0)),
-    );
+    let (mut n, peer, t) = joined_with_peer(&heartbeat("web/2", 7002, 0, 0));
     n.handle_datagram(
         t,
         addr(2),
@@ -113,17 +116,7 @@ fn forged_high_sequence_does_not_cause_endless_polling() {
 /// already due right after `handle_timeout`.
 #[test]
 fn late_wakeup_leaves_no_due_deadline() {
-    let t0 = Instant::now();
-    let mut n = node(t0, 1, Config::default());
-    let t = t0 + Duration::from_secs(4);
-    n.handle_timeout(t);
-    drain(&mut n);
-    let peer = header("web/2", 3);
-    n.handle_datagram(
-        t,
-        addr(2),
-        wire::encode_heartbeat(&peer, &heartbeat("web/2", 7002, 0, 0)),
-    );
+    let (mut n, peer, t) = joined_with_peer(&heartbeat("web/2", 7002, 0, 0));
     let msg = codec::encode(&exchange::Published {
         topic: "t".into(),
         payload: Bytes::from_static(b"x"),
@@ -483,17 +476,7 @@ fn snapshot_requests_answered_with_seq_zero(n: &mut Node, mut t: Instant, secs: 
 /// identity) used to be retried every reorder_grace, forever.
 #[test]
 fn a_contradicting_snapshot_backs_off() {
-    let t0 = Instant::now();
-    let mut n = node(t0, 1, Config::default());
-    let t = t0 + Duration::from_secs(4);
-    n.handle_timeout(t);
-    drain(&mut n);
-    let h = header("web/2", 3);
-    n.handle_datagram(
-        t,
-        addr(2),
-        wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
-    );
+    let (mut n, h, t) = joined_with_peer(&heartbeat("web/2", 7002, 0, 0));
     let a = codec::encode(&exchange::Announcement { changes: vec![] }).expect("encode");
     for seq in [1u64, 2, 3, 5] {
         n.handle_datagram(
@@ -511,15 +494,9 @@ fn a_contradicting_snapshot_backs_off() {
 /// a cached later message gives; the receiver then waited for the next heartbeat.
 #[test]
 fn a_cached_later_message_still_proves_a_loss_after_an_answer() {
-    let t0 = Instant::now();
-    let mut n = node(t0, 1, Config::default());
-    let mut t = t0 + Duration::from_secs(4);
-    n.handle_timeout(t);
-    drain(&mut n);
-    let h = header("web/2", 3);
     let mut hb = heartbeat("web/2", 7002, 0, 0);
     hb.interval_ms = 10_000;
-    n.handle_datagram(t, addr(2), wire::encode_heartbeat(&h, &hb));
+    let (mut n, h, mut t) = joined_with_peer(&hb);
     let m = published(Bytes::from_static(b"x"));
     let f = |seq| fragment(&h, Channel::Log, seq, 0, 1, m.len() as u32, &m);
     n.handle_datagram(t, addr(2), f(2)); // 1 lost

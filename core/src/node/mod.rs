@@ -808,9 +808,8 @@ impl Node {
                 .map(|m| m.key);
             match oldest {
                 Some(k) => {
-                    if let Some(old) = self.members.remove(&k) {
-                        self.cached_total -= old.budget.bytes;
-                    }
+                    let old = self.members.remove(&k);
+                    self.release_entry(old);
                 }
                 None => {
                     self.stats.drops.members_over_limit += 1;
@@ -818,14 +817,21 @@ impl Node {
                 }
             }
         }
-        if let Some(old) = self.members.insert(
+        let old = self.members.insert(
             key,
             Member::new(key, name.to_owned(), incarnation, http_addr, now),
-        ) {
-            self.cached_total -= old.budget.bytes;
-        }
+        );
+        self.release_entry(old);
         self.announce_joined(key);
         true
+    }
+
+    /// Accounts for a member entry leaving the table: its cached bytes leave the node's total.
+    fn release_entry(&mut self, old: Option<Member>) -> Option<Member> {
+        if let Some(m) = &old {
+            self.cached_total -= m.budget.bytes;
+        }
+        old
     }
 
     fn announce_joined(&mut self, key: MemberKey) {
@@ -874,8 +880,8 @@ impl Node {
         self.remove_offers(key);
         self.selector.release(key);
         let fresh = Member::new(key, name.to_owned(), incarnation, http_addr, now);
-        if let Some(old) = self.members.insert(key, fresh) {
-            self.cached_total -= old.budget.bytes;
+        let old = self.members.insert(key, fresh);
+        if let Some(old) = self.release_entry(old) {
             let resume = old.incarnation == incarnation;
             if let (true, Some(m)) = (resume, self.members.get_mut(&key)) {
                 // Readmitted after being declared failed: continue its log where this node
