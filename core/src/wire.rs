@@ -30,6 +30,28 @@ pub const MAX_SEQ: u64 = 1 << 62;
 /// Most per-channel sequence entries one heartbeat may carry.
 pub const MAX_HEARTBEAT_CHANNELS: usize = 16;
 
+/// What a datagram carries, from its header's kind byte (see `WIRE.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Fragment records (kind byte 1).
+    Fragments,
+    /// A heartbeat (kind byte 2).
+    Heartbeat,
+    /// A leave notice (kind byte 3).
+    Leave,
+}
+
+impl Kind {
+    /// The kind byte on the wire.
+    pub const fn byte(self) -> u8 {
+        match self {
+            Kind::Fragments => KIND_FRAGMENTS,
+            Kind::Heartbeat => KIND_HEARTBEAT,
+            Kind::Leave => KIND_LEAVE,
+        }
+    }
+}
+
 const KIND_FRAGMENTS: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
 const KIND_LEAVE: u8 = 3;
@@ -349,8 +371,9 @@ impl Reader<'_> {
     }
 }
 
-/// Decodes the fixed header only (cheap filter before the body).
-pub fn decode_header(buf: &[u8]) -> Result<(Header, u8), WireError> {
+/// Decodes the fixed header only (cheap filter before the body), with the kind of body that
+/// follows.
+pub fn decode_header(buf: &[u8]) -> Result<(Header, Kind), WireError> {
     if buf.len() < HEADER_LEN {
         return Err(WireError::TooShort);
     }
@@ -360,10 +383,12 @@ pub fn decode_header(buf: &[u8]) -> Result<(Header, u8), WireError> {
     if buf[4] != VERSION {
         return Err(WireError::UnsupportedVersion(buf[4]));
     }
-    let kind = buf[5];
-    if !(KIND_FRAGMENTS..=KIND_LEAVE).contains(&kind) {
-        return Err(WireError::UnknownKind(kind));
-    }
+    let kind = match buf[5] {
+        KIND_FRAGMENTS => Kind::Fragments,
+        KIND_HEARTBEAT => Kind::Heartbeat,
+        KIND_LEAVE => Kind::Leave,
+        other => return Err(WireError::UnknownKind(other)),
+    };
     let flags = buf[6];
     if flags != 0 || buf[7] != 0 {
         // FLAG_AUTH_TAG is reserved for the authenticated format; v1 carries none.
@@ -393,9 +418,9 @@ pub fn decode(buf: &Bytes) -> Result<Datagram, WireError> {
         pos: HEADER_LEN,
     };
     let body = match kind {
-        KIND_FRAGMENTS => Body::Fragments(decode_fragments(&mut r)?),
-        KIND_HEARTBEAT => Body::Heartbeat(decode_heartbeat(&mut r)?),
-        _ => Body::Leave,
+        Kind::Fragments => Body::Fragments(decode_fragments(&mut r)?),
+        Kind::Heartbeat => Body::Heartbeat(decode_heartbeat(&mut r)?),
+        Kind::Leave => Body::Leave,
     };
     r.done()?;
     Ok(Datagram { header, body })

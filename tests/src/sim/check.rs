@@ -1,0 +1,332 @@
+//! The invariant checker: sees every publish and every event of every node.
+//!
+//! Per receiving process and sending member it follows the sender's incarnation (from
+//! `MemberJoined` / `MemberRestarted` / departures) and the next log sequence it must deliver,
+//! and records a violation when:
+//!
+//! - a message is delivered that its sender never published at that sequence and incarnation,
+//!   or with other contents;
+//! - a message is delivered twice or out of order, or a sequence is skipped without a `Gap`
+//!   that starts exactly where delivery stopped;
+//! - a `Gap` covers messages that were never published, or messages its sender still retains
+//!   (the sender is up and has published fewer than its retention holds);
+//! - a node reports a name conflict (the simulator never starts two processes with one name);
+//! - at quiescence ([`Checker::check_complete`]), a live receiver that admitted a live sender
+//!   before it published a message has neither delivered it nor reported it missing.
+//!
+//! The simulator adds its own violations (bounds, requests in flight, busy loops, divergence).
+
+use bytes::Bytes;
+use hybridcast_core::{Channel, Config, Event, MemberKey};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What one receiving process delivered from one sender incarnation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The sender incarnation being followed.
+    pub incarnation: u64,
+    /// First sequence delivered or reported missing.
+    pub first: Option<u64>,
+    /// Next sequence expected.
+    pub next: Option<u64>,
+    /// Messages delivered.
+    pub messages: u64,
+    /// Messages reported missing through `Gap`.
+    pub missing: u64,
+    admitted_at: Duration,
+    departed_at: Option<Duration>,
+    /// After a long absence the member may have been forgotten and readmitted from scratch,
+    /// so the next delivery may start anywhere at or above `next`.
+    may_restart: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Publication {
+    topic: String,
+    payload: Bytes,
+    at: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SenderLog {
+    up: bool,
+    messages: BTreeMap<u64, Publication>,
+    bytes: usize,
+}
+
+/// Invariants over all events of a run; see the module docs.
+#[derive(Debug, Default)]
+pub struct Checker {
+    retention_messages: usize,
+    retention_bytes: usize,
+    tombstone_ttl: Duration,
+    senders: BTreeMap<(MemberKey, u64), SenderLog>,
+    receivers: BTreeMap<(usize, u64), BTreeMap<MemberKey, Delivery>>,
+    violations: Vec<String>,
+    /// Messages delivered in all.
+    pub messages: u64,
+    /// `Gap` events on the log channel.
+    pub gaps: u64,
+    /// Messages reported missing.
+    pub gap_messages: u64,
+    /// `Gap` events on the state channel (its state is repaired by snapshots instead).
+    pub state_gaps: u64,
+    /// `MemberFailed` events.
+    pub failures_reported: u64,
+}
+
+/// Most violations kept (later ones are counted in the last entry).
+const KEEP: usize = 64;
+
+impl Checker {
+    /// A checker for nodes running `config`.
+    pub fn new(config: &Config) -> Self {
+        Checker {
+            retention_messages: config.log_retention_messages,
+            retention_bytes: config.log_retention_bytes,
+            tombstone_ttl: config.tombstone_ttl,
+            ..Checker::default()
+        }
+    }
+
+    /// Violations so far.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// Records a violation.
+    pub fn violation(&mut self, what: String) {
+        if self.violations.len() < KEEP {
+            self.violations.push(what);
+        }
+    }
+
+    /// A process of `key` with `incarnation` started.
+    pub fn started(&mut self, key: MemberKey, incarnation: u64) {
+        self.senders.entry((key, incarnation)).or_default().up = true;
+    }
+
+    /// That process crashed or left: what it did not get out is legitimately lost.
+    pub fn stopped(&mut self, key: MemberKey, incarnation: u64) {
+        if let Some(s) = self.senders.get_mut(&(key, incarnation)) {
+            s.up = false;
+        }
+    }
+
+    /// `key` (at `incarnation`) published `payload` as log sequence `seq`.
+    pub fn published(
+        &mut self,
+        key: MemberKey,
+        incarnation: u64,
+        seq: u64,
+        topic: &str,
+        payload: Bytes,
+        at: Duration,
+    ) {
+        let s = self.senders.entry((key, incarnation)).or_default();
+        s.bytes += payload.len() + topic.len() + 16;
+        let p = Publication {
+            topic: topic.to_owned(),
+            payload,
+            at,
+        };
+        if s.messages.insert(seq, p).is_some() {
+            self.violation(format!("{key:?}/{incarnation} published seq {seq} twice"));
+        }
+    }
+
+    /// What process `life` of slot `node` delivered from `member` so far.
+    pub fn delivery(&self, node: usize, life: u64, member: MemberKey) -> Option<&Delivery> {
+        self.receivers.get(&(node, life))?.get(&member)
+    }
+
+    /// One event of process `life` of slot `node`, drained at `at`.
+    pub fn event(&mut self, node: usize, life: u64, at: Duration, e: &Event) {
+        let ttl = self.tombstone_ttl;
+        let tracks = self.receivers.entry((node, life)).or_default();
+        let fresh = |incarnation| Delivery {
+            incarnation,
+            admitted_at: at,
+            ..Delivery::default()
+        };
+        match e {
+            Event::MemberJoined { peer, .. } => {
+                let t = tracks
+                    .entry(peer.key)
+                    .or_insert_with(|| fresh(peer.incarnation));
+                if t.incarnation != peer.incarnation {
+                    *t = fresh(peer.incarnation);
+                } else if let Some(left) = t.departed_at.take() {
+                    // Readmission resumes where delivery stopped, unless the tombstone may
+                    // have been forgotten meanwhile.
+                    if at.saturating_sub(left) >= ttl / 2 {
+                        t.may_restart = true;
+                        t.admitted_at = at;
+                    }
+                }
+            }
+            Event::MemberRestarted { peer, .. } => {
+                tracks.insert(peer.key, fresh(peer.incarnation));
+            }
+            Event::MemberFailed { peer } | Event::MemberLeft { peer } => {
+                if matches!(e, Event::MemberFailed { .. }) {
+                    self.failures_reported += 1;
+                }
+                if let Some(t) = tracks.get_mut(&peer.key) {
+                    if t.incarnation == peer.incarnation {
+                        t.departed_at = Some(at);
+                    }
+                }
+            }
+            Event::NameConflict { name, .. } => {
+                self.violation(format!("node {node} reports a name conflict on {name}"));
+            }
+            Event::Message {
+                member,
+                seq,
+                topic,
+                payload,
+            } => {
+                self.messages += 1;
+                let Some(t) = tracks.get_mut(member) else {
+                    let msg = format!("node {node} delivered {member:?}#{seq} before admitting it");
+                    self.violation(msg);
+                    return;
+                };
+                let inc = t.incarnation;
+                let expected = t.next;
+                let may_restart = t.may_restart;
+                if t.departed_at.is_some() {
+                    let msg = format!("node {node} delivered {member:?}#{seq} after it departed");
+                    self.violations.push(msg);
+                }
+                t.messages += 1;
+                t.first.get_or_insert(*seq);
+                t.next = Some(seq + 1);
+                t.may_restart = false;
+                match expected {
+                    Some(n) if *seq == n => {}
+                    Some(n) if may_restart && *seq > n => {}
+                    Some(n) => {
+                        let msg = format!(
+                            "node {node} delivered {member:?}/{inc} #{seq}, expected #{n} \
+                             (duplicate, reordered or skipped without a gap)"
+                        );
+                        self.violation(msg);
+                    }
+                    None => {}
+                }
+                let published = self
+                    .senders
+                    .get(&(*member, inc))
+                    .and_then(|s| s.messages.get(seq));
+                match published {
+                    Some(p) if p.topic == *topic && p.payload == *payload => {}
+                    Some(_) => self.violation(format!(
+                        "node {node} delivered {member:?}/{inc} #{seq} with other contents"
+                    )),
+                    None => self.violation(format!(
+                        "node {node} delivered {member:?}/{inc} #{seq}, never published"
+                    )),
+                }
+            }
+            Event::Gap {
+                member,
+                channel,
+                range,
+            } => {
+                if *channel != Channel::Log {
+                    self.state_gaps += 1;
+                    return;
+                }
+                self.gaps += 1;
+                let (start, end) = (*range.start(), *range.end());
+                self.gap_messages += end.saturating_sub(start) + 1;
+                let Some(t) = tracks.get_mut(member) else {
+                    self.violation(format!("node {node} reported a gap of unknown {member:?}"));
+                    return;
+                };
+                let inc = t.incarnation;
+                let expected = t.next;
+                let may_restart = t.may_restart;
+                t.missing += end.saturating_sub(start) + 1;
+                t.first.get_or_insert(start);
+                t.next = Some(end + 1);
+                t.may_restart = false;
+                match expected {
+                    Some(n) if start == n || (may_restart && start > n) => {}
+                    Some(n) => self.violation(format!(
+                        "node {node}: gap {start}..={end} of {member:?}/{inc}, expected #{n}"
+                    )),
+                    None => {}
+                }
+                if start > end {
+                    self.violation(format!("node {node}: empty gap {start}..={end}"));
+                }
+                let sender = self.senders.get(&(*member, inc));
+                let last = sender
+                    .and_then(|s| s.messages.last_key_value())
+                    .map_or(0, |(k, _)| *k);
+                let retained_by_live_sender = sender.map(|s| {
+                    let all = s.messages.len() <= self.retention_messages
+                        && s.bytes <= self.retention_bytes / 2;
+                    (s.up && all, s.messages.len())
+                });
+                if end > last {
+                    self.violation(format!(
+                        "node {node}: gap {start}..={end} of {member:?}/{inc}, which published \
+                         only up to #{last}"
+                    ));
+                }
+                if let Some((true, n)) = retained_by_live_sender {
+                    self.violation(format!(
+                        "node {node}: gap {start}..={end} of {member:?}/{inc}, which is up and \
+                         retains all {n} messages it published"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Completeness at quiescence, over the live processes `(slot, life)`: every message a live
+    /// sender published after a live receiver admitted it (and never lost it since) was
+    /// delivered or reported missing.
+    pub fn check_complete(&mut self, live: &[(usize, u64)]) {
+        let mut found = Vec::new();
+        for &(node, life) in live {
+            let Some(tracks) = self.receivers.get(&(node, life)) else {
+                continue;
+            };
+            for (member, t) in tracks {
+                if t.departed_at.is_some() {
+                    continue;
+                }
+                let Some(s) = self.senders.get(&(*member, t.incarnation)) else {
+                    continue;
+                };
+                if !s.up {
+                    continue;
+                }
+                let covered = t.next.unwrap_or(0);
+                let owed = s
+                    .messages
+                    .iter()
+                    .filter(|(_, p)| p.at > t.admitted_at)
+                    .map(|(seq, _)| *seq)
+                    .find(|&seq| seq >= covered);
+                if let Some(seq) = owed {
+                    found.push(format!(
+                        "node {node} never delivered {member:?}/{} #{seq} (delivered up to {:?})",
+                        t.incarnation,
+                        t.next.map(|n| n - 1)
+                    ));
+                }
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
+    }
+}

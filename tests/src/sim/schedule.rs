@@ -1,0 +1,317 @@
+//! Fault schedules: operations at virtual times, generated from one seed.
+//!
+//! [`Schedule::generate`] derives everything — cluster size, link parameters, node
+//! configuration and the timed operations (binds, unbinds, publishes, crashes, restarts,
+//! joins, leaves, partitions, pauses, slow owners, link changes) — from a single `u64`, so a
+//! failing case is replayed exactly by its seed. [`check_schedules`] draws seeds with
+//! quickcheck, runs each schedule and settles it; a failure names its seed, and
+//! `HYBRIDCAST_SIM_SEED=<seed>` makes [`check_schedules`] run just that one.
+
+use super::{LinkParams, Settled, Sim, SimConfig, Traffic, sim_node_config};
+use hybridcast_core::ids::Rng;
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use std::time::Duration;
+
+/// One scheduled operation. Operations on slots that do not exist (yet) or are not live are
+/// ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `Node::bind` on a slot.
+    Bind {
+        /// Slot.
+        node: usize,
+        /// Offer name.
+        name: String,
+        /// Offer value.
+        value: String,
+    },
+    /// `Node::unbind` on a slot.
+    Unbind {
+        /// Slot.
+        node: usize,
+        /// Offer name.
+        name: String,
+    },
+    /// `Node::publish` of `len` deterministic bytes on a slot.
+    Publish {
+        /// Slot.
+        node: usize,
+        /// Topic.
+        topic: String,
+        /// Payload length.
+        len: usize,
+    },
+    /// Crash a slot.
+    Crash(usize),
+    /// Restart a slot with a new incarnation.
+    Restart(usize),
+    /// Graceful leave.
+    Leave(usize),
+    /// A fresh node joins (a new slot).
+    Join(String),
+    /// Cut these slots off from all others.
+    Split(Vec<usize>),
+    /// Remove every partition.
+    Heal,
+    /// Freeze a slot for a while.
+    Pause {
+        /// Slot.
+        node: usize,
+        /// How long.
+        for_: Duration,
+    },
+    /// Start or stop leaving a slot's events undrained.
+    HoldEvents {
+        /// Slot.
+        node: usize,
+        /// Whether events are held.
+        on: bool,
+    },
+    /// Change the default link parameters.
+    Link(LinkParams),
+}
+
+/// A generated fault schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The seed everything was derived from.
+    pub seed: u64,
+    /// Nodes started at time zero.
+    pub nodes: usize,
+    /// Default link parameters at the start.
+    pub link: LinkParams,
+    /// Log retention per sender (small values force `Gap`s).
+    pub log_retention_messages: usize,
+    /// Receive-cache message bound per sender (small values force evictions).
+    pub max_cached_messages_per_sender: usize,
+    /// Operations with their virtual times, ascending.
+    pub ops: Vec<(Duration, Op)>,
+    /// Virtual time the schedule runs before settling.
+    pub duration: Duration,
+    /// How long settling may take.
+    pub settle_limit: Duration,
+}
+
+/// What running a schedule showed.
+#[derive(Debug, Clone)]
+pub struct ScheduleOutcome {
+    /// The schedule's seed.
+    pub seed: u64,
+    /// The quiescence check.
+    pub settled: Settled,
+    /// Traffic of the run.
+    pub traffic: Traffic,
+    /// Log messages delivered / reported missing in all.
+    pub messages: u64,
+    /// Messages reported missing.
+    pub gap_messages: u64,
+    /// Virtual time at the end of the run.
+    pub elapsed: Duration,
+    /// Simulation steps taken.
+    pub steps: u64,
+}
+
+const NAMES: usize = 8;
+const MAX_SLOTS: usize = 12;
+
+impl Schedule {
+    /// The schedule of `seed`.
+    pub fn generate(seed: u64) -> Schedule {
+        let mut r = Rng::new(seed);
+        let nodes = 3 + r.below(6) as usize;
+        let loss = [0.0, 0.05, 0.1, 0.2, 0.3][r.below(5) as usize];
+        let mut link = if r.below(3) == 0 {
+            LinkParams::bursty(loss, 2.0 + r.below(5) as f64)
+        } else {
+            LinkParams::lossy(loss)
+        };
+        link.duplicate = if r.below(3) == 0 { 0.05 } else { 0.0 };
+        link.reorder = if r.below(3) == 0 { 0.1 } else { 0.0 };
+        link.jitter = Duration::from_millis(1 + r.below(5));
+        let log_retention_messages = if r.below(4) == 0 { 4 } else { 1024 };
+        let max_cached_messages_per_sender = if r.below(4) == 0 { 4 } else { 1024 };
+        let duration = Duration::from_millis(8_000 + r.below(12_000));
+        let count = 10 + r.below(30) as usize;
+        let mut slots = nodes;
+        let mut ops = Vec::with_capacity(count + 8);
+        for _ in 0..count {
+            let at = Duration::from_millis(500 + r.below(duration.as_millis() as u64 - 500));
+            let node = r.below(slots as u64) as usize;
+            let name = format!("svc-{}", r.below(NAMES as u64));
+            let op = match r.below(100) {
+                0..30 => Op::Bind {
+                    node,
+                    name,
+                    value: format!("v{}", r.below(1000)),
+                },
+                30..40 => Op::Unbind { node, name },
+                40..65 => Op::Publish {
+                    node,
+                    topic: format!("t{}", r.below(3)),
+                    len: [0, 10, 300, 3000, 20_000][r.below(5) as usize],
+                },
+                65..70 => Op::Crash(node),
+                70..76 => Op::Restart(node),
+                76..78 => Op::Leave(node),
+                78..82 if slots < MAX_SLOTS => {
+                    slots += 1;
+                    Op::Join(format!("joiner-{slots}"))
+                }
+                78..82 => Op::Restart(node),
+                82..87 => {
+                    let k = 1 + r.below((slots as u64 / 2).max(1)) as usize;
+                    let side = (0..k).map(|_| r.below(slots as u64) as usize).collect();
+                    Op::Split(side)
+                }
+                87..91 => Op::Heal,
+                91..96 => Op::Pause {
+                    node,
+                    for_: Duration::from_millis(100 + r.below(4_000)),
+                },
+                96..98 => {
+                    let until = at + Duration::from_millis(200 + r.below(3_000));
+                    ops.push((until, Op::HoldEvents { node, on: false }));
+                    Op::HoldEvents { node, on: true }
+                }
+                _ => {
+                    let mut l = link;
+                    l.loss = [0.0, 0.1, 0.4][r.below(3) as usize];
+                    l.burst = None;
+                    Op::Link(l)
+                }
+            };
+            ops.push((at, op));
+        }
+        ops.sort_by_key(|(at, _)| *at);
+        Schedule {
+            seed,
+            nodes,
+            link,
+            log_retention_messages,
+            max_cached_messages_per_sender,
+            ops,
+            duration,
+            settle_limit: Duration::from_secs(120),
+        }
+    }
+
+    /// The simulation configuration this schedule runs with.
+    pub fn sim_config(&self) -> SimConfig {
+        let mut node = sim_node_config();
+        node.log_retention_messages = self.log_retention_messages;
+        node.max_cached_messages_per_sender = self.max_cached_messages_per_sender;
+        SimConfig {
+            seed: self.seed,
+            node,
+            link: self.link,
+            ..SimConfig::default()
+        }
+    }
+
+    /// Runs the schedule, then settles.
+    pub fn run(&self) -> ScheduleOutcome {
+        let mut sim = Sim::new(self.sim_config());
+        for i in 0..self.nodes {
+            sim.add(&format!("node-{i}"));
+        }
+        for (at, op) in &self.ops {
+            sim.schedule(*at, op.clone());
+        }
+        sim.run_until(self.duration);
+        let settled = sim.settle(self.settle_limit);
+        ScheduleOutcome {
+            seed: self.seed,
+            settled,
+            traffic: sim.traffic().clone(),
+            messages: sim.checker().messages,
+            gap_messages: sim.checker().gap_messages,
+            elapsed: sim.elapsed(),
+            steps: sim.steps(),
+        }
+    }
+}
+
+/// A schedule seed, drawn by quickcheck (not shrunk: the seed is the whole case).
+#[derive(Debug, Clone, Copy)]
+struct Seed(u64);
+
+impl Arbitrary for Seed {
+    fn arbitrary(g: &mut Gen) -> Self {
+        Seed(u64::arbitrary(g))
+    }
+}
+
+/// The seed in `HYBRIDCAST_SIM_SEED`, if set (decimal or `0x` hex).
+pub fn replay_seed() -> Option<u64> {
+    let s = std::env::var("HYBRIDCAST_SIM_SEED").ok()?;
+    let s = s.trim();
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    match parsed {
+        Ok(v) => Some(v),
+        Err(e) => panic!("HYBRIDCAST_SIM_SEED={s:?} is not a u64: {e}"),
+    }
+}
+
+fn verdict(o: &ScheduleOutcome) -> Result<(), String> {
+    if o.settled.converged && o.settled.violations.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "schedule seed {seed} failed (converged: {}); replay with \
+         HYBRIDCAST_SIM_SEED={seed}\nviolations: {:#?}",
+        o.settled.converged,
+        o.settled.violations,
+        seed = o.seed,
+    ))
+}
+
+/// Runs `cases` quickcheck-drawn schedules (or `QUICKCHECK_TESTS` if set), or only the one in
+/// `HYBRIDCAST_SIM_SEED`; panics with the failing seed.
+pub fn check_schedules(cases: u64) {
+    if let Some(seed) = replay_seed() {
+        let o = Schedule::generate(seed).run();
+        eprintln!(
+            "replayed seed {seed}: converged {} ({:?} after the last change), {} messages, \
+             {} missing, {:?} simulated in {} steps, traffic {:?}",
+            o.settled.converged,
+            o.settled.after_last_change,
+            o.messages,
+            o.gap_messages,
+            o.elapsed,
+            o.steps,
+            o.traffic
+        );
+        if let Err(e) = verdict(&o) {
+            panic!("{e}");
+        }
+        return;
+    }
+    fn prop(seed: Seed) -> TestResult {
+        match verdict(&Schedule::generate(seed.0).run()) {
+            Ok(()) => TestResult::passed(),
+            Err(e) => TestResult::error(e),
+        }
+    }
+    let mut qc = QuickCheck::new();
+    if std::env::var_os("QUICKCHECK_TESTS").is_none() {
+        qc = qc.tests(cases);
+    }
+    qc.quickcheck(prop as fn(Seed) -> TestResult);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_determines_the_schedule() {
+        let a = Schedule::generate(42);
+        let b = Schedule::generate(42);
+        assert_eq!(a.ops, b.ops);
+        assert_eq!(a.link, b.link);
+        assert_ne!(a.ops, Schedule::generate(43).ops);
+    }
+}
