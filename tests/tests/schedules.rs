@@ -6,5 +6,5 @@ use hybridcast_tests::sim::check_schedules;
 
 #[test]
 fn generated_fault_schedules_settle_with_every_invariant_held() {
-    check_schedules(40);
+    check_schedules(200);
 }

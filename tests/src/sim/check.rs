@@ -330,3 +330,180 @@ impl Checker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hybridcast_core::Peer;
+
+    const A: MemberKey = MemberKey(0xa);
+
+    fn checker() -> Checker {
+        let mut c = Checker::new(&Config {
+            log_retention_messages: 4,
+            ..Config::default()
+        });
+        c.started(A, 7);
+        for seq in 1..=10 {
+            let p = Bytes::from(format!("m{seq}"));
+            c.published(A, 7, seq, "t", p, Duration::from_millis(100 + seq));
+        }
+        c.event(1, 0, Duration::ZERO, &joined(7));
+        c
+    }
+
+    fn joined(incarnation: u64) -> Event {
+        Event::MemberJoined {
+            peer: Peer {
+                key: A,
+                name: "a".into(),
+                incarnation,
+            },
+            http_addr: "127.0.0.1:1".parse().expect("addr"),
+        }
+    }
+
+    fn msg(seq: u64) -> Event {
+        Event::Message {
+            member: A,
+            seq,
+            topic: "t".into(),
+            payload: Bytes::from(format!("m{seq}")),
+        }
+    }
+
+    fn gap(range: std::ops::RangeInclusive<u64>) -> Event {
+        Event::Gap {
+            member: A,
+            channel: Channel::Log,
+            range,
+        }
+    }
+
+    fn feed(c: &mut Checker, events: &[Event]) {
+        for e in events {
+            c.event(1, 0, Duration::from_secs(1), e);
+        }
+    }
+
+    #[test]
+    fn in_order_deliveries_and_an_exact_gap_pass() {
+        let mut c = checker();
+        c.stopped(A, 7); // gone: its unsent messages may be reported missing
+        feed(&mut c, &[msg(1), msg(2), gap(3..=5), msg(6)]);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        let d = c.delivery(1, 0, A).expect("tracked");
+        assert_eq!(
+            (d.first, d.next, d.messages, d.missing),
+            (Some(1), Some(7), 3, 3)
+        );
+    }
+
+    #[test]
+    fn duplicates_reordering_and_silent_skips_are_violations() {
+        for events in [
+            vec![msg(1), msg(1)],
+            vec![msg(2), msg(1)],
+            vec![msg(1), msg(3)],
+        ] {
+            let mut c = checker();
+            feed(&mut c, &events);
+            assert_eq!(c.violations().len(), 1, "{events:?}");
+        }
+    }
+
+    #[test]
+    fn forged_or_altered_messages_are_violations() {
+        let mut c = checker();
+        let altered = Event::Message {
+            member: A,
+            seq: 1,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"other"),
+        };
+        feed(&mut c, &[altered]);
+        assert_eq!(c.violations().len(), 1, "{:?}", c.violations());
+        let mut c = checker();
+        feed(&mut c, &[msg(11)]);
+        assert_eq!(
+            c.violations().len(),
+            1,
+            "never published: {:?}",
+            c.violations()
+        );
+    }
+
+    #[test]
+    fn gaps_must_start_where_delivery_stopped_and_cover_only_lost_messages() {
+        let mut c = checker();
+        c.stopped(A, 7);
+        feed(&mut c, &[msg(1), gap(3..=4)]);
+        assert_eq!(
+            c.violations().len(),
+            1,
+            "misplaced gap: {:?}",
+            c.violations()
+        );
+        let mut c = checker();
+        c.stopped(A, 7);
+        feed(&mut c, &[msg(1), gap(2..=12)]);
+        assert_eq!(
+            c.violations().len(),
+            1,
+            "gap past the last: {:?}",
+            c.violations()
+        );
+    }
+
+    #[test]
+    fn a_gap_of_messages_a_live_sender_still_retains_is_a_violation() {
+        let mut c = Checker::new(&Config::default());
+        c.started(A, 7);
+        for seq in 1..=3 {
+            c.published(
+                A,
+                7,
+                seq,
+                "t",
+                Bytes::from(format!("m{seq}")),
+                Duration::ZERO,
+            );
+        }
+        c.event(1, 0, Duration::ZERO, &joined(7));
+        feed(&mut c, &[msg(1), gap(2..=2)]);
+        assert_eq!(c.violations().len(), 1, "{:?}", c.violations());
+    }
+
+    #[test]
+    fn completeness_finds_messages_never_delivered() {
+        let mut c = checker();
+        feed(&mut c, &[msg(1), msg(2)]);
+        c.check_complete(&[(1, 0)]);
+        assert_eq!(c.violations().len(), 1, "{:?}", c.violations());
+        assert!(c.violations()[0].contains("#3"));
+        // A departed sender owes nothing.
+        let mut c = checker();
+        c.stopped(A, 7);
+        c.check_complete(&[(1, 0)]);
+        assert!(c.violations().is_empty());
+    }
+
+    #[test]
+    fn a_restart_starts_a_fresh_sequence() {
+        let mut c = checker();
+        c.started(A, 8);
+        c.published(A, 8, 1, "t", Bytes::from_static(b"m1"), Duration::ZERO);
+        feed(&mut c, &[msg(1), msg(2)]);
+        let restarted = Event::MemberRestarted {
+            peer: Peer {
+                key: A,
+                name: "a".into(),
+                incarnation: 8,
+            },
+            old_incarnation: 7,
+        };
+        feed(&mut c, &[restarted, msg(1)]);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        assert_eq!(c.delivery(1, 0, A).map(|d| d.incarnation), Some(8));
+    }
+}

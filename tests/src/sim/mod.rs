@@ -4,8 +4,10 @@
 //!
 //! - **Clock.** [`Sim::run_until`] jumps to the earliest of the next delivery, the next
 //!   scheduled operation and the next node deadline (`Node::poll_timeout`, cached per node).
-//!   Ties go to deliveries first, then operations, then timers, each in the order they were
-//!   scheduled, so a run is a pure function of its seed and schedule.
+//!   Ties go to deliveries (and client timeouts) first, then operations, then timers, each in
+//!   the order they were scheduled; a deadline already in the past counts as due now, after
+//!   the input ready now, as in a runtime's event loop. A run is a pure function of its seed
+//!   and schedule.
 //! - **Group datagrams** go to every other node through the [`Network`]: per-link loss
 //!   (independent or Gilbert–Elliott), duplication, reordering, delay and jitter; nothing
 //!   crosses a partition.
@@ -44,11 +46,13 @@
 mod baseline;
 mod check;
 mod net;
+mod scenario;
 mod schedule;
 
 pub use baseline::{JoinBaseline, LossRecord, NakBaseline, nak_baseline};
 pub use check::{Checker, Delivery};
 pub use net::{Burst, Fate, LinkParams, Network};
+pub use scenario::{Phase, Report, Scenario};
 pub use schedule::{Op, Schedule, ScheduleOutcome, check_schedules, replay_seed};
 
 use bytes::Bytes;
@@ -227,6 +231,28 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// What happened since `earlier` (a copy taken from the same run).
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        let mut exchanges = self.exchanges.clone();
+        for (k, e) in &earlier.exchanges {
+            let c = exchanges.entry(*k).or_default();
+            c.requests -= e.requests;
+            c.failed -= e.failed;
+            c.request_bytes -= e.request_bytes;
+            c.response_bytes -= e.response_bytes;
+        }
+        Traffic {
+            group_datagrams: self.group_datagrams - earlier.group_datagrams,
+            group_bytes: self.group_bytes - earlier.group_bytes,
+            fragment_datagrams: self.fragment_datagrams - earlier.fragment_datagrams,
+            receptions: self.receptions - earlier.receptions,
+            lost: self.lost - earlier.lost,
+            duplicated: self.duplicated - earlier.duplicated,
+            overflowed: self.overflowed - earlier.overflowed,
+            exchanges,
+        }
+    }
+
     /// The cost of one kind of exchange.
     pub fn cost(&self, e: Exchange) -> PathCost {
         self.exchanges.get(&e).copied().unwrap_or_default()
@@ -400,6 +426,11 @@ impl Sim {
     /// The invariant checker (deliveries per member, violations so far).
     pub fn checker(&self) -> &Checker {
         &self.checker
+    }
+
+    /// The checker, to record violations found outside the simulator.
+    pub fn checker_mut(&mut self) -> &mut Checker {
+        &mut self.checker
     }
 
     /// Steps taken so far.
@@ -589,9 +620,16 @@ impl Sim {
         match op {
             Op::Bind { node, name, value } if ok(*node) => self.bind(*node, name, value),
             Op::Unbind { node, name } if ok(*node) => self.unbind(*node, name),
-            Op::Publish { node, topic, len } if ok(*node) => {
-                let payload = payload_for(*node, self.steps, *len);
-                self.publish(*node, topic, payload);
+            Op::Publish {
+                node,
+                topic,
+                len,
+                count,
+            } if ok(*node) => {
+                for k in 0..*count {
+                    let payload = payload_for(*node, self.steps + k as u64, *len);
+                    self.publish(*node, topic, payload);
+                }
             }
             Op::Crash(i) if ok(*i) => self.crash(*i),
             Op::Restart(i) if ok(*i) => self.restart(*i),
@@ -836,6 +874,11 @@ impl Sim {
                 to,
                 bytes,
             } => self.serve(from, life, id, to, bytes),
+            Item::Response { to, .. } | Item::ClientTimeout { to, .. } if self.paused(to) => {
+                // Waits in the paused process's connection until it wakes.
+                let at = self.nodes[to].paused_until.unwrap_or(self.now);
+                self.push(at, 0, item);
+            }
             Item::Response {
                 to,
                 life,
@@ -998,8 +1041,10 @@ impl Sim {
             }
             let item_at = self.queue.first_key_value().map(|(k, _)| k.0);
             let timer = self.timers.first().copied();
+            // Like a runtime's loop: input ready now is handled before timers already due
+            // (a deadline that an input just moved into the past counts as due now).
             let take_item = match (item_at, timer) {
-                (Some(a), Some((b, _))) => a <= b,
+                (Some(a), Some((b, _))) => a <= b.max(self.now),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,

@@ -32,7 +32,7 @@ pub enum Op {
         /// Offer name.
         name: String,
     },
-    /// `Node::publish` of `len` deterministic bytes on a slot.
+    /// `count` calls of `Node::publish`, each of `len` deterministic bytes, on a slot.
     Publish {
         /// Slot.
         node: usize,
@@ -40,6 +40,8 @@ pub enum Op {
         topic: String,
         /// Payload length.
         len: usize,
+        /// Messages published back to back.
+        count: usize,
     },
     /// Crash a slot.
     Crash(usize),
@@ -112,13 +114,13 @@ pub struct ScheduleOutcome {
 }
 
 const NAMES: usize = 8;
-const MAX_SLOTS: usize = 12;
+const MAX_SLOTS: usize = 14;
 
 impl Schedule {
     /// The schedule of `seed`.
     pub fn generate(seed: u64) -> Schedule {
         let mut r = Rng::new(seed);
-        let nodes = 3 + r.below(6) as usize;
+        let nodes = 3 + r.below(8) as usize;
         let loss = [0.0, 0.05, 0.1, 0.2, 0.3][r.below(5) as usize];
         let mut link = if r.below(3) == 0 {
             LinkParams::bursty(loss, 2.0 + r.below(5) as f64)
@@ -131,7 +133,7 @@ impl Schedule {
         let log_retention_messages = if r.below(4) == 0 { 4 } else { 1024 };
         let max_cached_messages_per_sender = if r.below(4) == 0 { 4 } else { 1024 };
         let duration = Duration::from_millis(8_000 + r.below(12_000));
-        let count = 10 + r.below(30) as usize;
+        let count = 10 + r.below(50) as usize;
         let mut slots = nodes;
         let mut ops = Vec::with_capacity(count + 8);
         for _ in 0..count {
@@ -149,6 +151,7 @@ impl Schedule {
                     node,
                     topic: format!("t{}", r.below(3)),
                     len: [0, 10, 300, 3000, 20_000][r.below(5) as usize],
+                    count: [1, 1, 1, 3, 20][r.below(5) as usize],
                 },
                 65..70 => Op::Crash(node),
                 70..76 => Op::Restart(node),
