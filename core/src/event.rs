@@ -93,6 +93,10 @@ pub enum Event {
     Message {
         /// Sender.
         member: MemberKey,
+        /// The sender's incarnation: sequences start again at 1 with each incarnation, so a
+        /// delivery is identified by `(member, incarnation, seq)` even if the owner missed the
+        /// `MemberRestarted` event.
+        incarnation: u64,
         /// Its sequence on the sender's log channel.
         seq: u64,
         /// Topic.
@@ -105,6 +109,8 @@ pub enum Event {
     Gap {
         /// Sender.
         member: MemberKey,
+        /// The sender's incarnation the sequences belong to.
+        incarnation: u64,
         /// Channel.
         channel: Channel,
         /// Lost sequence numbers.

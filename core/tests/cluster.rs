@@ -330,6 +330,7 @@ fn log_gap_beyond_retention_is_reported_exactly() {
                 member,
                 channel,
                 range,
+                ..
             } if *member == key => Some((*channel, range.clone())),
             _ => None,
         })

@@ -534,3 +534,70 @@ fn a_cached_later_message_still_proves_a_loss_after_an_answer() {
     }
     assert!(asked, "message 3 asked for although no heartbeat came");
 }
+
+/// Found by the simulator (schedule seed 5484295377125782787 in `hybridcast-tests`): a slow
+/// owner's queue dropped the `MemberRestarted` of a sender, and the new incarnation's messages
+/// (numbered from 1 again) could not be told from the old one's. Deliveries now carry the
+/// sender's incarnation.
+#[test]
+fn deliveries_name_the_senders_incarnation_even_if_its_restart_event_was_dropped() {
+    let config = Config {
+        max_queued_events: 2,
+        ..test_config()
+    };
+    let mut c = Cluster::with_config(15, config);
+    c.add("a");
+    c.add("b");
+    c.add("c");
+    c.run_for(Duration::from_secs(2));
+    c.with(0, |n| n.publish("t", "before").expect("publish"));
+    c.run_for(Duration::from_millis(500));
+    let old = c.nodes[0].node.identity().incarnation;
+    // The owner of node 1 stops draining; membership noise overflows its queue.
+    c.nodes[1].hold_events = true;
+    for _ in 0..8 {
+        c.restart(2);
+        c.run_for(Duration::from_millis(300));
+    }
+    c.restart(0);
+    let new = c.nodes[0].node.identity().incarnation;
+    c.run_for(Duration::from_secs(2));
+    c.with(0, |n| n.publish("t", "after").expect("publish"));
+    c.run_for(Duration::from_secs(1));
+    assert!(
+        c.nodes[1].node.stats().events_dropped > 0,
+        "the restart event must be dropped"
+    );
+    c.nodes[1].hold_events = false;
+    c.drain(1);
+    c.run_for(Duration::from_secs(1));
+    let key = c.nodes[0].node.key();
+    let restart_seen = c.events(1).iter().any(|e| {
+        matches!(e, Event::MemberRestarted { peer, .. } if peer.key == key && peer.incarnation == new)
+    });
+    assert!(
+        !restart_seen,
+        "this schedule drops node 0's MemberRestarted at node 1"
+    );
+    let deliveries: Vec<(u64, u64, Bytes)> = c
+        .events(1)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                member,
+                incarnation,
+                seq,
+                payload,
+                ..
+            } if *member == key => Some((*incarnation, *seq, payload.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deliveries,
+        vec![
+            (old, 1, Bytes::from_static(b"before")),
+            (new, 1, Bytes::from_static(b"after"))
+        ]
+    );
+}

@@ -986,13 +986,19 @@ impl Node {
         for channel in Channel::ALL {
             let d = std::mem::take(&mut deliveries[channel.index()]);
             if !d.is_empty() {
-                self.deliver(h.sender, channel, d);
+                self.deliver(h.sender, h.incarnation, channel, d);
             }
         }
     }
 
-    /// Applies delivered messages of `member` on `channel`, in order.
-    fn deliver(&mut self, member: MemberKey, channel: Channel, deliveries: Vec<Delivery>) {
+    /// Applies delivered messages of `member` (at `incarnation`) on `channel`, in order.
+    fn deliver(
+        &mut self,
+        member: MemberKey,
+        incarnation: u64,
+        channel: Channel,
+        deliveries: Vec<Delivery>,
+    ) {
         for d in deliveries {
             match d {
                 Delivery::Message { seq, payload } => {
@@ -1007,6 +1013,7 @@ impl Node {
                                 }
                                 Ok(p) => self.push_event(Event::Message {
                                     member,
+                                    incarnation,
                                     seq,
                                     topic: p.topic,
                                     payload: p.payload,
@@ -1021,6 +1028,7 @@ impl Node {
                     self.stats.gap_messages += to - from + 1;
                     self.push_event(Event::Gap {
                         member,
+                        incarnation,
                         channel,
                         range: from..=to,
                     });

@@ -473,7 +473,7 @@ impl Node {
                 }
             }
         }
-        self.deliver(member, channel, deliveries);
+        self.deliver(member, incarnation, channel, deliveries);
         true
     }
 
@@ -562,8 +562,8 @@ impl Node {
         if let Some(o) = offers {
             self.replace_offers(key, o);
         }
-        self.deliver(key, Channel::State, state_deliveries);
-        self.deliver(key, Channel::Log, log_deliveries);
+        self.deliver(key, inc, Channel::State, state_deliveries);
+        self.deliver(key, inc, Channel::Log, log_deliveries);
     }
 }
 

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 use hybridcast_core::{Channel, Config, Event, MemberKey};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// What one receiving process delivered from one sender incarnation.
@@ -63,6 +63,7 @@ pub struct Checker {
     tombstone_ttl: Duration,
     senders: BTreeMap<(MemberKey, u64), SenderLog>,
     receivers: BTreeMap<(usize, u64), BTreeMap<MemberKey, Delivery>>,
+    lossy: BTreeSet<(usize, u64)>,
     violations: Vec<String>,
     /// Messages delivered in all.
     pub messages: u64,
@@ -141,8 +142,21 @@ impl Checker {
         self.receivers.get(&(node, life))?.get(&member)
     }
 
-    /// One event of process `life` of slot `node`, drained at `at`.
+    /// One event of process `life` of slot `node`, produced and drained at `at`.
     pub fn event(&mut self, node: usize, life: u64, at: Duration, e: &Event) {
+        self.event_within(node, life, at, at, e);
+    }
+
+    /// One event drained at `at` that the node may have produced as early as `earliest` (its
+    /// owner was not draining events meanwhile).
+    pub fn event_within(
+        &mut self,
+        node: usize,
+        life: u64,
+        earliest: Duration,
+        at: Duration,
+        e: &Event,
+    ) {
         let ttl = self.tombstone_ttl;
         let tracks = self.receivers.entry((node, life)).or_default();
         let fresh = |incarnation| Delivery {
@@ -159,8 +173,9 @@ impl Checker {
                     *t = fresh(peer.incarnation);
                 } else if let Some(left) = t.departed_at.take() {
                     // Readmission resumes where delivery stopped, unless the tombstone may
-                    // have been forgotten meanwhile.
-                    if at.saturating_sub(left) >= ttl / 2 {
+                    // have been forgotten meanwhile (`left` is the earliest the departure
+                    // can have happened, so this errs towards allowing it).
+                    if at.saturating_sub(left) >= ttl {
                         t.may_restart = true;
                         t.admitted_at = at;
                     }
@@ -175,7 +190,7 @@ impl Checker {
                 }
                 if let Some(t) = tracks.get_mut(&peer.key) {
                     if t.incarnation == peer.incarnation {
-                        t.departed_at = Some(at);
+                        t.departed_at = Some(earliest);
                     }
                 }
             }
@@ -184,27 +199,20 @@ impl Checker {
             }
             Event::Message {
                 member,
+                incarnation,
                 seq,
                 topic,
                 payload,
             } => {
                 self.messages += 1;
-                let Some(t) = tracks.get_mut(member) else {
-                    let msg = format!("node {node} delivered {member:?}#{seq} before admitting it");
-                    self.violation(msg);
-                    return;
-                };
-                let inc = t.incarnation;
-                let expected = t.next;
-                let may_restart = t.may_restart;
-                if t.departed_at.is_some() {
-                    let msg = format!("node {node} delivered {member:?}#{seq} after it departed");
-                    self.violations.push(msg);
+                let inc = *incarnation;
+                let (expected, may_restart) = self.follow(node, life, at, *member, inc, *seq);
+                if let Some(t) = self.track(node, life, *member) {
+                    t.messages += 1;
+                    t.first.get_or_insert(*seq);
+                    t.next = Some(seq + 1);
+                    t.may_restart = false;
                 }
-                t.messages += 1;
-                t.first.get_or_insert(*seq);
-                t.next = Some(seq + 1);
-                t.may_restart = false;
                 match expected {
                     Some(n) if *seq == n => {}
                     Some(n) if may_restart && *seq > n => {}
@@ -233,6 +241,7 @@ impl Checker {
             }
             Event::Gap {
                 member,
+                incarnation,
                 channel,
                 range,
             } => {
@@ -243,17 +252,14 @@ impl Checker {
                 self.gaps += 1;
                 let (start, end) = (*range.start(), *range.end());
                 self.gap_messages += end.saturating_sub(start) + 1;
-                let Some(t) = tracks.get_mut(member) else {
-                    self.violation(format!("node {node} reported a gap of unknown {member:?}"));
-                    return;
-                };
-                let inc = t.incarnation;
-                let expected = t.next;
-                let may_restart = t.may_restart;
-                t.missing += end.saturating_sub(start) + 1;
-                t.first.get_or_insert(start);
-                t.next = Some(end + 1);
-                t.may_restart = false;
+                let inc = *incarnation;
+                let (expected, may_restart) = self.follow(node, life, at, *member, inc, start);
+                if let Some(t) = self.track(node, life, *member) {
+                    t.missing += end.saturating_sub(start) + 1;
+                    t.first.get_or_insert(start);
+                    t.next = Some(end + 1);
+                    t.may_restart = false;
+                }
                 match expected {
                     Some(n) if start == n || (may_restart && start > n) => {}
                     Some(n) => self.violation(format!(
@@ -290,12 +296,91 @@ impl Checker {
         }
     }
 
+    /// Process `life` of slot `node` dropped membership events (its owner fell too far
+    /// behind): from now on a delivery may be the first news of an admission, a restart or a
+    /// readmission, and completeness is not judged for it.
+    pub fn events_dropped(&mut self, node: usize, life: u64) {
+        self.lossy.insert((node, life));
+    }
+
+    fn track(&mut self, node: usize, life: u64, member: MemberKey) -> Option<&mut Delivery> {
+        self.receivers.get_mut(&(node, life))?.get_mut(&member)
+    }
+
+    /// Finds (or, after lost membership events, makes) the track a delivery of `member` at
+    /// `incarnation` at sequence `seq` belongs to; returns its expected next sequence and
+    /// whether it may restart anywhere.
+    fn follow(
+        &mut self,
+        node: usize,
+        life: u64,
+        at: Duration,
+        member: MemberKey,
+        incarnation: u64,
+        seq: u64,
+    ) -> (Option<u64>, bool) {
+        let lossy = self.lossy.contains(&(node, life));
+        let tracks = self.receivers.entry((node, life)).or_default();
+        let fresh = Delivery {
+            incarnation,
+            admitted_at: at,
+            ..Delivery::default()
+        };
+        let mut problems = Vec::new();
+        let t = match tracks.get_mut(&member) {
+            None => {
+                if !lossy {
+                    problems.push(format!(
+                        "node {node} delivered {member:?}/{incarnation} #{seq} before admitting it"
+                    ));
+                }
+                tracks.entry(member).or_insert(fresh)
+            }
+            Some(t) if t.incarnation < incarnation => {
+                if !lossy {
+                    problems.push(format!(
+                        "node {node} delivered {member:?}/{incarnation} #{seq} while following \
+                         incarnation {} (no restart reported)",
+                        t.incarnation
+                    ));
+                }
+                *t = fresh;
+                t
+            }
+            Some(t) => t,
+        };
+        if t.incarnation > incarnation {
+            problems.push(format!(
+                "node {node} delivered {member:?}/{incarnation} #{seq} after incarnation {}",
+                t.incarnation
+            ));
+        }
+        if t.departed_at.is_some() {
+            if lossy {
+                t.departed_at = None;
+                t.may_restart = true;
+            } else {
+                problems.push(format!(
+                    "node {node} delivered {member:?}/{incarnation} #{seq} after it departed"
+                ));
+            }
+        }
+        let out = (t.next, t.may_restart);
+        for p in problems {
+            self.violation(p);
+        }
+        out
+    }
+
     /// Completeness at quiescence, over the live processes `(slot, life)`: every message a live
     /// sender published after a live receiver admitted it (and never lost it since) was
     /// delivered or reported missing.
     pub fn check_complete(&mut self, live: &[(usize, u64)]) {
         let mut found = Vec::new();
         for &(node, life) in live {
+            if self.lossy.contains(&(node, life)) {
+                continue;
+            }
             let Some(tracks) = self.receivers.get(&(node, life)) else {
                 continue;
             };
@@ -364,8 +449,13 @@ mod tests {
     }
 
     fn msg(seq: u64) -> Event {
+        msg_of(7, seq)
+    }
+
+    fn msg_of(incarnation: u64, seq: u64) -> Event {
         Event::Message {
             member: A,
+            incarnation,
             seq,
             topic: "t".into(),
             payload: Bytes::from(format!("m{seq}")),
@@ -375,6 +465,7 @@ mod tests {
     fn gap(range: std::ops::RangeInclusive<u64>) -> Event {
         Event::Gap {
             member: A,
+            incarnation: 7,
             channel: Channel::Log,
             range,
         }
@@ -417,6 +508,7 @@ mod tests {
         let mut c = checker();
         let altered = Event::Message {
             member: A,
+            incarnation: 7,
             seq: 1,
             topic: "t".into(),
             payload: Bytes::from_static(b"other"),
@@ -502,8 +594,33 @@ mod tests {
             },
             old_incarnation: 7,
         };
-        feed(&mut c, &[restarted, msg(1)]);
+        feed(&mut c, &[restarted, msg_of(8, 1)]);
         assert!(c.violations().is_empty(), "{:?}", c.violations());
         assert_eq!(c.delivery(1, 0, A).map(|d| d.incarnation), Some(8));
+        // Back to the old incarnation: a violation.
+        feed(&mut c, &[msg(3)]);
+        assert!(
+            c.violations()[0].contains("after incarnation 8"),
+            "{:?}",
+            c.violations()
+        );
+    }
+
+    #[test]
+    fn a_restart_learnt_only_from_a_delivery_needs_dropped_events_to_pass() {
+        let setup = || {
+            let mut c = checker();
+            c.started(A, 8);
+            c.published(A, 8, 1, "t", Bytes::from_static(b"m1"), Duration::ZERO);
+            feed(&mut c, &[msg(1)]);
+            c
+        };
+        let mut c = setup();
+        feed(&mut c, &[msg_of(8, 1)]);
+        assert_eq!(c.violations().len(), 1, "{:?}", c.violations());
+        let mut c = setup();
+        c.events_dropped(1, 0);
+        feed(&mut c, &[msg_of(8, 1)]);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
     }
 }

@@ -136,7 +136,8 @@ pub struct SimNode {
     /// Virtual time (since start) and event, when [`SimConfig::record_events`] is on.
     pub events: Vec<(Duration, Event)>,
     paused_until: Option<Instant>,
-    held: bool,
+    /// Since when the owner has not drained events (a slow owner).
+    held: Option<Duration>,
     buffered: usize,
 }
 
@@ -467,7 +468,7 @@ impl Sim {
             life: 0,
             events: Vec::new(),
             paused_until: None,
-            held: false,
+            held: None,
             buffered: 0,
         });
         self.deadline.push(None);
@@ -515,7 +516,7 @@ impl Sim {
         s.node = node;
         s.up = true;
         s.life += 1;
-        s.held = false;
+        s.held = None;
         s.buffered = 0;
         self.changed();
         self.touch(i);
@@ -549,8 +550,37 @@ impl Sim {
 
     /// While `on`, slot `i`'s owner leaves its events undrained (a slow owner).
     pub fn hold_events(&mut self, i: usize, on: bool) {
-        self.nodes[i].held = on;
+        if on {
+            if self.nodes[i].held.is_none() {
+                self.nodes[i].held = Some(self.elapsed());
+            }
+            return;
+        }
+        let Some(since) = self.nodes[i].held.take() else {
+            return;
+        };
+        if self.nodes[i].up && self.nodes[i].node.stats().events_dropped > 0 {
+            // Membership events beyond twice `max_queued_events` were dropped (by design).
+            self.checker.events_dropped(i, self.nodes[i].life);
+        }
+        self.drain_events(i, since);
         self.touch(i);
+    }
+
+    /// Hands slot `i`'s queued events to the checker (and the record); they were produced no
+    /// earlier than `earliest`.
+    fn drain_events(&mut self, i: usize, earliest: Duration) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let at = self.elapsed();
+        let life = self.nodes[i].life;
+        while let Some(e) = self.nodes[i].node.poll_event() {
+            self.checker.event_within(i, life, earliest, at, &e);
+            if self.cfg.record_events {
+                self.nodes[i].events.push((at, e));
+            }
+        }
     }
 
     fn paused(&self, i: usize) -> bool {
@@ -697,15 +727,9 @@ impl Sim {
                 Transmit::Request { id, to, request } => self.request(i, id, to, request),
             }
         }
-        if !self.nodes[i].held {
-            let at = self.elapsed();
-            let life = self.nodes[i].life;
-            while let Some(e) = self.nodes[i].node.poll_event() {
-                self.checker.event(i, life, at, &e);
-                if self.cfg.record_events {
-                    self.nodes[i].events.push((at, e));
-                }
-            }
+        if self.nodes[i].held.is_none() {
+            let now = self.elapsed();
+            self.drain_events(i, now);
         }
         self.check_bounds(i);
         let mut d = if self.nodes[i].node.has_left() {
@@ -1217,7 +1241,7 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             self.nodes[i].paused_until = None;
-            if self.nodes[i].held {
+            if self.nodes[i].held.is_some() {
                 self.hold_events(i, false);
             }
             self.touch(i);

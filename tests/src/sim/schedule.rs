@@ -8,6 +8,7 @@
 //! `HYBRIDCAST_SIM_SEED=<seed>` makes [`check_schedules`] run just that one.
 
 use super::{LinkParams, Settled, Sim, SimConfig, Traffic, sim_node_config};
+use hybridcast_core::Config;
 use hybridcast_core::ids::Rng;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use std::time::Duration;
@@ -82,10 +83,10 @@ pub struct Schedule {
     pub nodes: usize,
     /// Default link parameters at the start.
     pub link: LinkParams,
-    /// Log retention per sender (small values force `Gap`s).
-    pub log_retention_messages: usize,
-    /// Receive-cache message bound per sender (small values force evictions).
-    pub max_cached_messages_per_sender: usize,
+    /// Node configuration: the simulator's, with some bounds and timers drawn small so their
+    /// edge paths run (short retention forces `Gap`s, small caches force evictions, a short
+    /// event queue backlogs slow owners, a short tombstone TTL forgets departed members).
+    pub node: Config,
     /// Operations with their virtual times, ascending.
     pub ops: Vec<(Duration, Op)>,
     /// Virtual time the schedule runs before settling.
@@ -121,7 +122,7 @@ impl Schedule {
     pub fn generate(seed: u64) -> Schedule {
         let mut r = Rng::new(seed);
         let nodes = 3 + r.below(8) as usize;
-        let loss = [0.0, 0.05, 0.1, 0.2, 0.3][r.below(5) as usize];
+        let loss = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5][r.below(6) as usize];
         let mut link = if r.below(3) == 0 {
             LinkParams::bursty(loss, 2.0 + r.below(5) as f64)
         } else {
@@ -130,8 +131,38 @@ impl Schedule {
         link.duplicate = if r.below(3) == 0 { 0.05 } else { 0.0 };
         link.reorder = if r.below(3) == 0 { 0.1 } else { 0.0 };
         link.jitter = Duration::from_millis(1 + r.below(5));
-        let log_retention_messages = if r.below(4) == 0 { 4 } else { 1024 };
-        let max_cached_messages_per_sender = if r.below(4) == 0 { 4 } else { 1024 };
+        let mut node = sim_node_config();
+        let mut one_in = |n: u64| r.below(n) == 0;
+        if one_in(4) {
+            node.log_retention_messages = 4;
+        }
+        if one_in(5) {
+            node.log_retention_bytes = 16 * 1024;
+        }
+        if one_in(4) {
+            node.max_cached_messages_per_sender = 4;
+        }
+        if one_in(4) {
+            node.max_cached_bytes_per_sender = 64 * 1024;
+        }
+        if one_in(4) {
+            node.max_queued_events = 8;
+        }
+        if one_in(4) {
+            node.tombstone_ttl = Duration::from_secs(2);
+        }
+        if one_in(5) {
+            node.suspect_after_intervals = 1;
+        }
+        if one_in(5) {
+            node.reorder_grace = Duration::ZERO;
+        }
+        if one_in(4) {
+            node.max_datagram_size = 512;
+        }
+        if let Err(e) = node.validate() {
+            panic!("schedule {seed} drew an invalid node config: {e}");
+        }
         let duration = Duration::from_millis(8_000 + r.below(12_000));
         let count = 10 + r.below(50) as usize;
         let mut slots = nodes;
@@ -150,7 +181,7 @@ impl Schedule {
                 40..65 => Op::Publish {
                     node,
                     topic: format!("t{}", r.below(3)),
-                    len: [0, 10, 300, 3000, 20_000][r.below(5) as usize],
+                    len: [0, 10, 300, 3000, 20_000, 100_000][r.below(6) as usize],
                     count: [1, 1, 1, 3, 20][r.below(5) as usize],
                 },
                 65..70 => Op::Crash(node),
@@ -190,8 +221,7 @@ impl Schedule {
             seed,
             nodes,
             link,
-            log_retention_messages,
-            max_cached_messages_per_sender,
+            node,
             ops,
             duration,
             settle_limit: Duration::from_secs(120),
@@ -200,12 +230,9 @@ impl Schedule {
 
     /// The simulation configuration this schedule runs with.
     pub fn sim_config(&self) -> SimConfig {
-        let mut node = sim_node_config();
-        node.log_retention_messages = self.log_retention_messages;
-        node.max_cached_messages_per_sender = self.max_cached_messages_per_sender;
         SimConfig {
             seed: self.seed,
-            node,
+            node: self.node.clone(),
             link: self.link,
             ..SimConfig::default()
         }
