@@ -29,3 +29,11 @@ fn deliveries_name_their_incarnation_when_the_restart_event_was_dropped() {
 fn a_tombstone_forgotten_while_events_were_held_is_not_a_skip() {
     replay(10224528027424167812);
 }
+
+/// core: a member paused while still joining was failed and forgotten; waking, its heartbeats
+/// still said *joining*, so a peer took its log from 1 again and delivered a message twice.
+/// A node now claims *joining* only during its first `tombstone_ttl`.
+#[test]
+fn a_member_paused_while_joining_is_not_delivered_twice() {
+    replay(3239553284838952896);
+}

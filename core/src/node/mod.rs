@@ -189,6 +189,9 @@ pub struct Node {
     recovering: BTreeSet<(MemberKey, Channel)>,
     next_request: u64,
     next_heartbeat: Instant,
+    /// When this node was built: it claims to be *joining* (new to everyone) only during its
+    /// first `tombstone_ttl`.
+    started: Instant,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     scratch: Vec<Event>,
@@ -244,6 +247,7 @@ impl Node {
             recovering: BTreeSet::new(),
             next_request: 1,
             next_heartbeat: now,
+            started: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
@@ -552,7 +556,7 @@ impl Node {
         }
         if now >= self.next_heartbeat {
             self.flush();
-            let hb = self.heartbeat();
+            let hb = self.heartbeat(now);
             self.out
                 .push_back(Transmit::Group(wire::encode_heartbeat(&self.header(), &hb)));
             let interval = self.config.heartbeat_interval;
@@ -643,7 +647,7 @@ impl Node {
         }
     }
 
-    fn heartbeat(&self) -> Heartbeat {
+    fn heartbeat(&self, now: Instant) -> Heartbeat {
         Heartbeat {
             cluster_name: self.identity.cluster.clone(),
             name: self.identity.name.clone(),
@@ -652,7 +656,11 @@ impl Node {
             load: self.load,
             interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
-            joining: !self.is_joined(),
+            // A peer that hears "joining" and knows nothing of us takes our log from 1. No
+            // peer can have admitted us, failed us and forgotten our tombstone within
+            // `tombstone_ttl` of our start; after that (a long pause or a join that keeps
+            // failing) the claim could make such a peer deliver our messages twice.
+            joining: !self.is_joined() && now < self.started + self.config.tombstone_ttl,
             last_seq: Channel::ALL
                 .iter()
                 .map(|c| (*c, self.senders[c.index()].last_seq()))
