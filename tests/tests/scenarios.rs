@@ -6,7 +6,7 @@
 //! order or reported missing, bounds held).
 
 use hybridcast_core::{Event, MemberState};
-use hybridcast_tests::sim::{Exchange, LinkParams, Scenario, Sim, SimConfig};
+use hybridcast_tests::sim::{Exchange, LinkParams, Op, Scenario, Sim, SimConfig, sim_node_config};
 use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -74,6 +74,8 @@ fn a_newcomer_joins_32_members_with_1000_offers_by_one_state_dump() {
     // The baseline fetched every member's 1000 offers; the dump carried them all too.
     assert_eq!(baseline.offers, 32 * 1000);
     assert!(join.response_bytes > 32 * 1000 * 8, "{join:?}");
+    // The dump alone brought the newcomer up to date: it asked no member for anything else.
+    assert_eq!(r.newcomer_recoveries, 0, "{}", r.render());
 }
 
 fn cluster(seed: u64, n: usize, link: LinkParams) -> Sim {
@@ -254,7 +256,16 @@ fn a_slow_member_is_not_declared_dead_and_a_long_pause_loses_nothing() {
         sim.publish(0, "t", format!("during-long-pause-{k}").into());
         sim.run_for(Duration::from_millis(100));
     }
-    sim.bind(1, "after-pause", "ok");
+    // Its owner is frozen too: the command runs when it wakes.
+    let at = sim.elapsed();
+    sim.schedule(
+        at,
+        Op::Bind {
+            node: 1,
+            name: "after-pause".into(),
+            value: "ok".into(),
+        },
+    );
     let settled = sim.settle(30 * SECOND);
     assert!(
         settled.converged && settled.violations.is_empty(),
@@ -280,7 +291,22 @@ fn a_slow_member_is_not_declared_dead_and_a_long_pause_loses_nothing() {
 
 #[test]
 fn a_slow_owner_holding_events_loses_no_delivery() {
-    let mut sim = cluster(13, 3, LinkParams::lossy(0.2));
+    let mut sim = Sim::new(SimConfig {
+        seed: 13,
+        link: LinkParams::lossy(0.2),
+        node: hybridcast_core::Config {
+            max_queued_events: 8,
+            ..sim_node_config()
+        },
+        ..SimConfig::default()
+    });
+    for i in 0..3 {
+        sim.add(&format!("n{i}"));
+    }
+    assert!(
+        sim.run_until_converged(30 * SECOND, Duration::from_millis(50))
+            .is_some()
+    );
     sim.hold_events(2, true);
     for k in 0..50 {
         sim.publish(0, "t", format!("m{k}").into());
@@ -288,6 +314,8 @@ fn a_slow_owner_holding_events_loses_no_delivery() {
         sim.run_for(Duration::from_millis(20));
     }
     sim.run_for(2 * SECOND);
+    let refused = sim.node(2).stats().drops.backlogged;
+    assert!(refused > 0, "the backlog must have refused fragments");
     sim.hold_events(2, false);
     let settled = sim.settle(30 * SECOND);
     assert!(

@@ -64,6 +64,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Some(b) = a.burst {
+        // A chain that loses everything in bursts of mean length b reaches at most b/(b+1).
+        let most = b / (b + 1.0);
+        if a.loss > most {
+            eprintln!(
+                "error: with --burst {b} the long-run loss can be at most {most:.3}; \
+                 raise --burst or lower --loss"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let mut link = match a.burst {
         Some(b) => LinkParams::bursty(a.loss, b),
         None => LinkParams::lossy(a.loss),

@@ -12,7 +12,8 @@
 //!   (the sender is up and has published fewer than its retention holds);
 //! - a node reports a name conflict (the simulator never starts two processes with one name);
 //! - at quiescence ([`Checker::check_complete`]), a live receiver that admitted a live sender
-//!   before it published a message has neither delivered it nor reported it missing.
+//!   before it published a message has neither delivered it nor reported it missing (whether
+//!   after its last delivery or before its first).
 //!
 //! The simulator adds its own violations (bounds, requests in flight, busy loops, divergence).
 
@@ -394,13 +395,16 @@ impl Checker {
                 if !s.up {
                     continue;
                 }
-                let covered = t.next.unwrap_or(0);
+                // Owed: published after the admission, and neither delivered nor reported
+                // missing — beyond the last delivery, or before the first one (a receiver
+                // placed too far ahead skipped it silently).
+                let (first, next) = (t.first.unwrap_or(u64::MAX), t.next.unwrap_or(0));
                 let owed = s
                     .messages
                     .iter()
                     .filter(|(_, p)| p.at > t.admitted_at)
                     .map(|(seq, _)| *seq)
-                    .find(|&seq| seq >= covered);
+                    .find(|&seq| seq >= next || seq < first);
                 if let Some(seq) = owed {
                     found.push(format!(
                         "node {node} never delivered {member:?}/{} #{seq} (delivered up to {:?})",

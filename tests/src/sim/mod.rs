@@ -4,28 +4,30 @@
 //!
 //! - **Clock.** [`Sim::run_until`] jumps to the earliest of the next delivery, the next
 //!   scheduled operation and the next node deadline (`Node::poll_timeout`, cached per node).
-//!   Ties go to deliveries (and client timeouts) first, then operations, then timers, each in
-//!   the order they were scheduled; a deadline already in the past counts as due now, after
-//!   the input ready now, as in a runtime's event loop. A run is a pure function of its seed
-//!   and schedule.
+//!   Ties go to deliveries (and client timeouts) first, in the order they were scheduled, then
+//!   operations, then timers in slot order; a deadline already in the past counts as due now,
+//!   after the input ready now, as in a runtime's event loop. A run is a pure function of its
+//!   seed and schedule.
 //! - **Group datagrams** go to every other node through the [`Network`]: per-link loss
 //!   (independent or Gilbert–Elliott), duplication, reordering, delay and jitter; nothing
 //!   crosses a partition.
 //! - **Point-to-point requests** are real HTTP bytes: the requester's encoded request is parsed
 //!   with core's parser, answered by the target's `handle_http_request`, and the encoded answer
 //!   parsed again, each way taking the link's delay. The client side behaves like a runtime's:
-//!   a crashed target refuses the connection (`RequestFailure::Connect` after one delay), a
+//!   a crashed target refuses the connection (`RequestFailure::Connect` after a round trip), a
 //!   partitioned one never answers and the request fails with `Timeout` after
 //!   `request_timeout`, a paused one answers when it resumes (usually too late).
 //! - **Processes.** [`Sim::crash`] loses a node's state; [`Sim::restart`] starts a new process
 //!   with the same name and address and a higher incarnation; [`Sim::add`] is a fresh join;
-//!   [`Sim::pause`] freezes a node (no timers, no input; up to
-//!   [`SimConfig::pause_buffer`] datagrams wait in its socket buffer, the rest are lost);
+//!   [`Sim::pause`] freezes a node (no timers, no input, no commands: scheduled ones wait;
+//!   up to [`SimConfig::pause_buffer`] datagrams wait in its socket buffer, the rest are
+//!   lost; what waits is dropped if the process is replaced meanwhile);
 //!   [`Sim::hold_events`] makes its owner stop draining events (a slow owner).
 //! - **Checks.** Every event goes through the [`Checker`]; every request through the
-//!   one-recovery-in-flight check; every input through a bounds check; every `handle_timeout`
-//!   through a no-busy-loop check. [`Sim::settle`] checks convergence and completeness at
-//!   quiescence.
+//!   one-recovery-in-flight check; every input through the cache-size bound; every
+//!   `handle_timeout` through a no-busy-loop check; every convergence probe through the
+//!   member-table and requests-per-member bounds. [`Sim::settle`] checks convergence,
+//!   stability, completeness and the offer bounds at quiescence.
 //!
 //! # Example
 //!
@@ -91,6 +93,9 @@ pub struct SimConfig {
     pub join_baseline: bool,
     /// Bound on simulation steps; exceeding it is reported as a violation and stops the run.
     pub max_steps: u64,
+    /// Deliver each group datagram back to its sender too, as multicast sockets do with
+    /// loopback on (the runtimes' setting); the node recognises and drops its own.
+    pub loopback: bool,
 }
 
 /// Node configuration for simulations: 200 ms heartbeats so scenarios take a few simulated
@@ -118,6 +123,7 @@ impl Default for SimConfig {
             trace_losses: false,
             join_baseline: false,
             max_steps: 200_000_000,
+            loopback: true,
         }
     }
 }
@@ -237,19 +243,21 @@ impl Traffic {
         let mut exchanges = self.exchanges.clone();
         for (k, e) in &earlier.exchanges {
             let c = exchanges.entry(*k).or_default();
-            c.requests -= e.requests;
-            c.failed -= e.failed;
-            c.request_bytes -= e.request_bytes;
-            c.response_bytes -= e.response_bytes;
+            c.requests = c.requests.saturating_sub(e.requests);
+            c.failed = c.failed.saturating_sub(e.failed);
+            c.request_bytes = c.request_bytes.saturating_sub(e.request_bytes);
+            c.response_bytes = c.response_bytes.saturating_sub(e.response_bytes);
         }
         Traffic {
-            group_datagrams: self.group_datagrams - earlier.group_datagrams,
-            group_bytes: self.group_bytes - earlier.group_bytes,
-            fragment_datagrams: self.fragment_datagrams - earlier.fragment_datagrams,
-            receptions: self.receptions - earlier.receptions,
-            lost: self.lost - earlier.lost,
-            duplicated: self.duplicated - earlier.duplicated,
-            overflowed: self.overflowed - earlier.overflowed,
+            group_datagrams: self.group_datagrams.saturating_sub(earlier.group_datagrams),
+            group_bytes: self.group_bytes.saturating_sub(earlier.group_bytes),
+            fragment_datagrams: self
+                .fragment_datagrams
+                .saturating_sub(earlier.fragment_datagrams),
+            receptions: self.receptions.saturating_sub(earlier.receptions),
+            lost: self.lost.saturating_sub(earlier.lost),
+            duplicated: self.duplicated.saturating_sub(earlier.duplicated),
+            overflowed: self.overflowed.saturating_sub(earlier.overflowed),
             exchanges,
         }
     }
@@ -284,6 +292,8 @@ enum Item {
         to: usize,
         from: SocketAddr,
         bytes: Bytes,
+        /// Set when it waits in a paused process's socket buffer: only that process gets it.
+        waits_for: Option<u64>,
     },
     Request {
         from: usize,
@@ -291,6 +301,8 @@ enum Item {
         id: RequestId,
         to: SocketAddr,
         bytes: Bytes,
+        /// Set when it waits for a paused target: a process replacing it refuses it.
+        target_life: Option<u64>,
     },
     Response {
         to: usize,
@@ -451,7 +463,7 @@ impl Sim {
 
     /// The NAK + multicast-retransmission baseline over the losses of this run.
     pub fn nak_baseline(&self) -> NakBaseline {
-        nak_baseline(self.cfg.seed, &self.losses, &self.net)
+        nak_baseline(self.cfg.seed, &self.losses)
     }
 
     // ----- processes -----
@@ -517,6 +529,7 @@ impl Sim {
         s.up = true;
         s.life += 1;
         s.held = None;
+        s.paused_until = None;
         s.buffered = 0;
         self.changed();
         self.touch(i);
@@ -532,6 +545,7 @@ impl Sim {
         let n = &self.nodes[i].node;
         self.checker.stopped(n.key(), n.identity().incarnation);
         self.nodes[i].up = false;
+        self.nodes[i].paused_until = None;
         self.set_deadline(i, None);
         self.changed();
     }
@@ -594,7 +608,16 @@ impl Sim {
     // ----- commands -----
 
     /// Runs `f` on slot `i`'s node, then drains it. Counts as a change.
+    ///
+    /// # Panics
+    ///
+    /// If the node is paused: a frozen process runs no commands ([`Sim::schedule`] an [`Op`]
+    /// instead, which waits for it to wake).
     pub fn with<R>(&mut self, i: usize, f: impl FnOnce(&mut Node) -> R) -> R {
+        assert!(
+            !self.paused(i),
+            "node {i} is paused; schedule the command instead"
+        );
         let r = f(&mut self.nodes[i].node);
         self.changed();
         self.touch(i);
@@ -643,10 +666,23 @@ impl Sim {
         }
     }
 
-    /// Applies one scheduled operation now.
+    /// Applies one scheduled operation now; a command for a paused node waits until it wakes
+    /// (its owner is frozen too).
     pub fn apply(&mut self, op: &Op) {
         let n = self.nodes.len();
         let ok = |i: usize| i < n;
+        let target = match op {
+            Op::Bind { node, .. }
+            | Op::Unbind { node, .. }
+            | Op::Publish { node, .. }
+            | Op::Leave(node) => Some(*node),
+            _ => None,
+        };
+        if let Some(i) = target.filter(|&i| ok(i) && self.paused(i)) {
+            let at = self.nodes[i].paused_until.unwrap_or(self.now);
+            self.push(at, 1, Item::Op(op.clone()));
+            return;
+        }
         match op {
             Op::Bind { node, name, value } if ok(*node) => self.bind(*node, name, value),
             Op::Unbind { node, name } if ok(*node) => self.unbind(*node, name),
@@ -751,18 +787,31 @@ impl Sim {
             self.traffic.fragment_datagrams += 1;
         }
         let src = self.nodes[from].addr;
+        if self.cfg.loopback {
+            let item = Item::Datagram {
+                to: from,
+                from: src,
+                bytes: bytes.clone(),
+                waits_for: None,
+            };
+            self.push(self.now + self.cfg.link.delay, 0, item);
+        }
         let mut lost_at = Vec::new();
+        let mut links = Vec::new();
         let mut receivers = 0u32;
         for to in 0..self.nodes.len() {
             if to == from || !self.net.reachable(from, to) {
                 continue;
             }
-            receivers += 1;
+            if self.nodes[to].is_live() {
+                receivers += 1;
+            }
             match self.net.fate(from, to) {
                 Fate::Lost => {
                     self.traffic.lost += 1;
                     if fragments && self.nodes[to].is_live() {
                         lost_at.push(to);
+                        links.push((self.net.params(from, to), self.net.params(to, from)));
                     }
                 }
                 Fate::Delivered(delays) => {
@@ -772,6 +821,7 @@ impl Sim {
                             to,
                             from: src,
                             bytes: bytes.clone(),
+                            waits_for: None,
                         };
                         self.push(self.now + d, 0, item);
                     }
@@ -784,6 +834,7 @@ impl Sim {
                 size: bytes.len(),
                 receivers,
                 lost_at,
+                links,
             });
         }
     }
@@ -832,6 +883,7 @@ impl Sim {
             id,
             to,
             bytes,
+            target_life: None,
         };
         self.push(self.now + delay, 0, item);
     }
@@ -844,17 +896,20 @@ impl Sim {
             at: self.elapsed(),
             ..JoinBaseline::default()
         };
-        let cluster = dump_request
-            .header(exchange::HEADER_CLUSTER)
-            .unwrap_or_default()
-            .to_owned();
         for t in 0..self.nodes.len() {
-            if t == joiner || !self.nodes[t].is_live() || !self.net.reachable(joiner, t) {
+            if t == joiner
+                || !self.nodes[t].is_live()
+                || self.paused(t)
+                || !self.net.reachable(joiner, t)
+            {
                 continue;
             }
             let mut req = Request::get(exchange::PATH_STATE);
-            req.headers
-                .push((exchange::HEADER_CLUSTER.to_owned(), cluster.clone()));
+            for (name, value) in &dump_request.headers {
+                if name == exchange::HEADER_CLUSTER || name == exchange::HEADER_FROM {
+                    req.headers.push((name.clone(), value.clone()));
+                }
+            }
             let req_len = req.encode(&self.nodes[t].addr.to_string()).len();
             let now = self.now;
             let resp = self.nodes[t].node.handle_http_request(now, &req);
@@ -870,8 +925,13 @@ impl Sim {
 
     fn deliver(&mut self, item: Item) {
         match item {
-            Item::Datagram { to, from, bytes } => {
-                if !self.nodes[to].up {
+            Item::Datagram {
+                to,
+                from,
+                bytes,
+                waits_for,
+            } => {
+                if !self.nodes[to].up || waits_for.is_some_and(|l| l != self.nodes[to].life) {
                     return;
                 }
                 if self.paused(to) {
@@ -879,7 +939,14 @@ impl Sim {
                     if s.buffered < self.cfg.pause_buffer {
                         s.buffered += 1;
                         let at = s.paused_until.unwrap_or(self.now);
-                        self.push(at, 0, Item::Datagram { to, from, bytes });
+                        let waits_for = Some(s.life);
+                        let item = Item::Datagram {
+                            to,
+                            from,
+                            bytes,
+                            waits_for,
+                        };
+                        self.push(at, 0, item);
                     } else {
                         self.traffic.overflowed += 1;
                     }
@@ -897,7 +964,8 @@ impl Sim {
                 id,
                 to,
                 bytes,
-            } => self.serve(from, life, id, to, bytes),
+                target_life,
+            } => self.serve(from, life, id, to, bytes, target_life),
             Item::Response { to, .. } | Item::ClientTimeout { to, .. } if self.paused(to) => {
                 // Waits in the paused process's connection until it wakes.
                 let at = self.nodes[to].paused_until.unwrap_or(self.now);
@@ -954,7 +1022,15 @@ impl Sim {
         Some(p)
     }
 
-    fn serve(&mut self, from: usize, life: u64, id: RequestId, to: SocketAddr, bytes: Bytes) {
+    fn serve(
+        &mut self,
+        from: usize,
+        life: u64,
+        id: RequestId,
+        to: SocketAddr,
+        bytes: Bytes,
+        target_life: Option<u64>,
+    ) {
         let target = self.index_of(to);
         let back = |sim: &mut Sim, t: Option<usize>, result| {
             let d = match t {
@@ -969,7 +1045,9 @@ impl Sim {
             };
             sim.push(sim.now + d, 0, item);
         };
-        let Some(t) = target.filter(|&t| self.nodes[t].up) else {
+        let alive =
+            |t: usize| self.nodes[t].up && target_life.is_none_or(|l| l == self.nodes[t].life);
+        let Some(t) = target.filter(|&t| alive(t)) else {
             back(self, target, Err(RequestFailure::Connect("refused".into())));
             return;
         };
@@ -984,6 +1062,7 @@ impl Sim {
                 id,
                 to,
                 bytes,
+                target_life: Some(self.nodes[t].life),
             };
             self.push(at, 0, item);
             return;
@@ -1026,14 +1105,10 @@ impl Sim {
     /// The bounds that take a walk over a node's tables; run at quiescence and every
     /// convergence probe.
     fn check_table_bounds(&mut self) {
+        self.check_member_bounds();
         let c = self.cfg.node.clone();
         for i in self.live() {
             let n = &self.nodes[i].node;
-            let members = n.members().count();
-            if members > c.max_members {
-                self.checker
-                    .violation(format!("node {i} tracks {members} members"));
-            }
             for (name, offers) in n.registry().view() {
                 if offers.len() > c.max_members + 1 {
                     self.checker
@@ -1046,6 +1121,27 @@ impl Sim {
                     self.checker
                         .violation(format!("node {i} holds {held} offers of {}", m.name));
                 }
+            }
+        }
+    }
+
+    /// The member-table bounds: cheap enough for every convergence probe.
+    fn check_member_bounds(&mut self) {
+        let max_members = self.cfg.node.max_members;
+        for i in self.live() {
+            let n = &self.nodes[i].node;
+            let members = n.members().count();
+            if members > max_members {
+                self.checker
+                    .violation(format!("node {i} tracks {members} members"));
+            }
+            // Per member at most one recovery per channel and a probe, plus one dump.
+            if n.requests_in_flight() > 3 * members + 1 {
+                let msg = format!(
+                    "node {i} has {} requests in flight for {members} members",
+                    n.requests_in_flight()
+                );
+                self.checker.violation(msg);
             }
         }
     }
@@ -1154,9 +1250,7 @@ impl Sim {
                 }
                 let nb = &sb.node;
                 let info = na.member(nb.key());
-                let seen_live = info.as_ref().is_some_and(|m| {
-                    m.state.is_live() && m.incarnation == nb.identity().incarnation
-                });
+                let seen_live = info.as_ref().is_some_and(|m| m.state.is_live());
                 if sb.is_live() {
                     let synced = info.as_ref().is_some_and(|m| {
                         m.state.is_live()
@@ -1208,6 +1302,7 @@ impl Sim {
     pub fn run_until_converged(&mut self, limit: Duration, probe: Duration) -> Option<Duration> {
         let end = self.elapsed() + limit;
         loop {
+            self.check_member_bounds();
             if self.converged() {
                 return Some(self.now - self.last_change);
             }
@@ -1220,8 +1315,9 @@ impl Sim {
     }
 
     /// Quiescence: heals partitions, lets pauses run out, resumes slow owners, then runs until
-    /// converged (within `limit`) and until no request is in flight, stays converged for two
-    /// more heartbeat intervals, and checks completeness and bounds.
+    /// converged (within `limit`) and until no request is in flight, then requires every probe
+    /// of the next two heartbeat intervals to find it converged (else converges again), and
+    /// checks completeness and bounds.
     ///
     /// Loss, duplication and reordering stay as they are: convergence must not need a clean
     /// network.
@@ -1262,8 +1358,13 @@ impl Sim {
             while !self.pending.is_empty() && self.elapsed() < deadline {
                 self.run_for(hb);
             }
-            self.run_for(2 * hb);
-            if self.converged() {
+            let stable_until = self.elapsed() + 2 * hb;
+            let mut stable = true;
+            while stable && self.elapsed() < stable_until {
+                self.run_until((self.elapsed() + probe).min(stable_until));
+                stable = self.converged();
+            }
+            if stable {
                 converged = true;
                 break;
             }

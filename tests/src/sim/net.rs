@@ -196,6 +196,9 @@ pub struct Network {
     overrides: BTreeMap<(usize, usize), LinkParams>,
     into: BTreeMap<usize, LinkParams>,
     links: BTreeMap<(usize, usize), LinkState>,
+    /// Point-to-point delays draw from streams of their own, so recovery traffic never shifts
+    /// which group datagrams are lost.
+    p2p: BTreeMap<(usize, usize), LinkState>,
     blocked: BTreeSet<(usize, usize)>,
 }
 
@@ -208,6 +211,7 @@ impl Network {
             overrides: BTreeMap::new(),
             into: BTreeMap::new(),
             links: BTreeMap::new(),
+            p2p: BTreeMap::new(),
             blocked: BTreeSet::new(),
         }
     }
@@ -294,7 +298,11 @@ impl Network {
     /// One point-to-point one-way delay `from → to`.
     pub(crate) fn p2p_delay(&mut self, from: usize, to: usize) -> Duration {
         let p = self.params(from, to);
-        self.link(from, to).delay(&p)
+        let seed = self.seed;
+        self.p2p
+            .entry((from, to))
+            .or_insert_with(|| LinkState::new(seed, from, to, b"p2p"))
+            .delay(&p)
     }
 }
 

@@ -83,6 +83,9 @@ pub struct Report {
     pub phases: Vec<Phase>,
     /// The join baseline at the newcomer's (first) dump request.
     pub join_baseline: Option<JoinBaseline>,
+    /// Recovery requests the newcomer itself made before the join phase converged (zero when
+    /// the dump alone brought it up to date).
+    pub newcomer_recoveries: u64,
     /// The NAK baseline over the whole run's losses.
     pub nak: NakBaseline,
     /// Whole-run traffic.
@@ -203,7 +206,7 @@ impl Report {
         let _ = writeln!(
             o,
             "  {:<38} {:>12} {:>12} {:>14}",
-            "loss recovery, hybrid (point-to-point)",
+            "recovery, hybrid (all state/log requests)",
             rec.requests,
             0,
             rec.bytes()
@@ -218,10 +221,15 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  losses repaired: {} (datagram, receiver) pairs; the baseline's multicasts reach \
-             {} member copies ({} B), {} of them redundant; the hybrid's answers reach only the \
-             asker",
-            nak.losses, nak.receptions, nak.bytes_received, nak.redundant_receptions
+            "  lost (datagram, receiver) pairs: {} ({} left unrepaired by the baseline after its \
+             round limit); the baseline's NAKs and resends reach {} member copies ({} B), {} of \
+             them resends to members that had the datagram; the hybrid's answers reach only the \
+             asker, and its count includes recoveries after crashes, restarts and joins",
+            nak.losses,
+            nak.unrepaired,
+            nak.receptions,
+            nak.bytes_received,
+            nak.redundant_receptions
         );
         for v in &self.violations {
             let _ = writeln!(o, "VIOLATION {v}");
@@ -310,6 +318,7 @@ impl Scenario {
         self.bind_all(&mut sim, joiner);
         let baselines_before = sim.join_baselines().len();
         phases.push(self.phase(&mut sim, "join", &before, probe));
+        let newcomer_recoveries = sim.node(joiner).stats().recoveries_requested;
         let join_baseline = sim
             .join_baselines()
             .get(baselines_before..)
@@ -357,6 +366,7 @@ impl Scenario {
             scenario: self.clone(),
             phases,
             join_baseline,
+            newcomer_recoveries,
             nak: sim.nak_baseline(),
             traffic: sim.traffic().clone(),
             violations,
