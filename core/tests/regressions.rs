@@ -640,3 +640,36 @@ fn a_member_paused_while_joining_is_not_delivered_twice_after_its_tombstone_expi
         assert_eq!(from_c, vec![1], "node {i}");
     }
 }
+
+/// Found by the simulator once multicast looped back: a process restarted within a
+/// millisecond heard its predecessor's last heartbeat (older incarnation, its own address)
+/// and reported a name conflict with itself. Only another address is evidence of a conflict.
+#[test]
+fn a_predecessors_late_heartbeat_is_not_a_name_conflict() {
+    let t = Instant::now();
+    let mut n = node(t, 1, Config::default()); // "web/1", incarnation 5, port 7001
+    while n.poll_event().is_some() {}
+    let before = n.stats().drops.stale_incarnation;
+    let old = wire::encode_heartbeat(&header("web/1", 4), &heartbeat("web/1", 7001, 0, 0));
+    n.handle_datagram(t, addr(7001), old);
+    assert_eq!(n.stats().drops.stale_incarnation, before + 1);
+    assert!(
+        !std::iter::from_fn(|| n.poll_event()).any(|e| matches!(e, Event::NameConflict { .. })),
+        "its own predecessor is no conflict"
+    );
+    // The same older incarnation serving another address is another process: reported.
+    let other = wire::encode_heartbeat(&header("web/1", 4), &heartbeat("web/1", 7009, 0, 0));
+    n.handle_datagram(t, addr(7009), other);
+    let conflicts: Vec<Event> = std::iter::from_fn(|| n.poll_event())
+        .filter(|e| matches!(e, Event::NameConflict { .. }))
+        .collect();
+    assert_eq!(
+        conflicts,
+        vec![Event::NameConflict {
+            name: "web/1".into(),
+            winner_incarnation: 5,
+            loser_incarnation: 4,
+            this_node_lost: false,
+        }]
+    );
+}

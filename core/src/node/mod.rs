@@ -684,6 +684,11 @@ impl Node {
             return;
         }
         self.stats.drops.stale_incarnation += 1;
+        if h.incarnation < ours && hb.http_addr == self.identity.http_addr {
+            // Our own predecessor at our own address (a restart's late packets): no process
+            // can still be serving that address beside us, so this is no conflict.
+            return;
+        }
         let we_win = wins(
             (ours, self.identity.http_addr),
             (h.incarnation, hb.http_addr),
