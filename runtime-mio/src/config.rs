@@ -1,0 +1,102 @@
+//! The runtime's configuration: who the member is, where it talks, and the runtime's own
+//! bounds, beside the core's [`Config`].
+
+use hybridcast_core::Config;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+/// The default multicast group: administratively scoped (239.255.0.0/16, RFC 2365), so it
+/// never leaves the site.
+pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 72, 67), 45_892);
+
+/// Everything a runtime member needs. `DriverConfig::new(cluster, name)` gives safe defaults:
+/// loopback interface, a scoped group, TTL 1, an ephemeral HTTP port on loopback.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Cluster name (members of other clusters are ignored).
+    pub cluster: String,
+    /// Member name, unique in the cluster.
+    pub name: String,
+    /// Clone group and index when the name was derived from them (seed 002's naming; shown
+    /// by `/hybridcast/v1/whoami`).
+    pub clone: Option<(String, u32)>,
+    /// Incarnation; `None` takes the wall clock in milliseconds at start, so a restart always
+    /// gets a higher one.
+    pub incarnation: Option<u64>,
+    /// Host id (members on one host share it); `None` uses the `HOSTNAME` variable or the
+    /// interface address.
+    pub host_id: Option<String>,
+    /// Multicast group and port.
+    pub group: SocketAddrV4,
+    /// Interface to join the group on and send from. Default loopback: a cluster across
+    /// machines needs the address of the interface that reaches them.
+    pub interface: Ipv4Addr,
+    /// Multicast TTL (1 keeps datagrams on the local network).
+    pub ttl: u32,
+    /// Where the point-to-point HTTP server listens (port 0 picks one).
+    pub http: SocketAddr,
+    /// The protocol core's configuration.
+    pub core: Config,
+    /// Most HTTP connections open at once, served and requested together; more are refused.
+    pub max_connections: usize,
+    /// An HTTP connection idle (or a request unanswered) this long is closed.
+    pub idle_timeout: Duration,
+    /// For demos and tests only: the share of received group datagrams dropped on purpose
+    /// before the core sees them, to show loss and recovery on a network that loses nothing.
+    pub receive_drop_rate: f64,
+    /// Seed of the core's randomness and of the drop rate; `None` derives one from the name
+    /// and incarnation.
+    pub seed: Option<u64>,
+}
+
+impl DriverConfig {
+    /// Defaults for member `name` of `cluster`.
+    pub fn new(cluster: &str, name: &str) -> Self {
+        DriverConfig {
+            cluster: cluster.to_owned(),
+            name: name.to_owned(),
+            clone: None,
+            incarnation: None,
+            host_id: None,
+            group: DEFAULT_GROUP,
+            interface: Ipv4Addr::LOCALHOST,
+            ttl: 1,
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            core: Config::default(),
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(30),
+            receive_drop_rate: 0.0,
+            seed: None,
+        }
+    }
+
+    /// Checks the runtime's own fields (the core checks its part when the node is built).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |field: &'static str, reason: String| Err(crate::Error::Config { field, reason });
+        if !self.group.ip().is_multicast() {
+            return bad(
+                "group",
+                format!("{} is not a multicast address", self.group.ip()),
+            );
+        }
+        if self.group.port() == 0 {
+            return bad("group", "the group port must not be 0".into());
+        }
+        if self.ttl == 0 || self.ttl > 255 {
+            return bad("ttl", format!("{} is not within 1..=255", self.ttl));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout", "must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.receive_drop_rate) {
+            return bad(
+                "receive_drop_rate",
+                format!("{} is not within [0, 1)", self.receive_drop_rate),
+            );
+        }
+        Ok(())
+    }
+}

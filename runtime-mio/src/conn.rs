@@ -1,0 +1,116 @@
+//! One non-blocking HTTP connection: buffers, bounded reads, queued writes, a deadline.
+//!
+//! Parsing and answers come from core (`hybridcast_core::http`); this file only moves bytes.
+
+use bytes::Bytes;
+use hybridcast_core::RequestId;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What a connection is for.
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// Accepted: we parse requests and answer them (keep-alive).
+    Serve,
+    /// Opened by us for a request of the core (`id`), or idle in the pool (`id` is `None`).
+    Ask {
+        id: Option<RequestId>,
+        target: SocketAddr,
+        /// The request, kept to retry once if a pooled connection turns out closed.
+        request: Bytes,
+        /// Taken from the pool: a failure before any answer byte may be a stale connection.
+        reused: bool,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub stream: TcpStream,
+    pub role: Role,
+    pub inbuf: Vec<u8>,
+    pub out: Vec<u8>,
+    pub written: usize,
+    pub deadline: Instant,
+    /// Close once `out` is written (an answer with `connection: close`).
+    pub close_after_write: bool,
+}
+
+/// How a read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReadEnd {
+    /// Nothing more for now.
+    WouldBlock,
+    /// The peer closed its side.
+    Closed,
+    /// `limit` bytes are buffered: the peer sent more than any valid message may hold.
+    Full,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, role: Role, deadline: Instant) -> Conn {
+        Conn {
+            stream,
+            role,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            written: 0,
+            deadline,
+            close_after_write: false,
+        }
+    }
+
+    /// Reads until the socket would block, the peer closes, or `limit` bytes are buffered.
+    pub fn read(&mut self, limit: usize) -> io::Result<ReadEnd> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if self.inbuf.len() >= limit {
+                return Ok(ReadEnd::Full);
+            }
+            let room = chunk.len().min(limit - self.inbuf.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => return Ok(ReadEnd::Closed),
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Queues `bytes` for writing.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// True when nothing waits to be written.
+    pub fn flushed(&self) -> bool {
+        self.written == self.out.len()
+    }
+
+    /// Writes what is queued until done or the socket would block.
+    pub fn write(&mut self) -> io::Result<()> {
+        while self.written < self.out.len() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Drops the first `n` buffered input bytes (a parsed message).
+    pub fn consume(&mut self, n: usize) {
+        self.inbuf.drain(..n.min(self.inbuf.len()));
+    }
+}

@@ -1,0 +1,266 @@
+//! The runtime's own HTTP endpoints beside the protocol's: the cluster view as JSON,
+//! Prometheus metrics, and who this member is.
+
+use crate::DriverStats;
+use hybridcast_core::http::Response;
+use hybridcast_core::{Channel, Node, Stats};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// `GET` path of the cluster view ([`ClusterView`] as JSON).
+pub const PATH_CLUSTER: &str = "/hybridcast/v1/cluster";
+/// `GET` path of this member's identity ([`WhoAmI`] as JSON).
+pub const PATH_WHOAMI: &str = "/hybridcast/v1/whoami";
+/// `GET` path of the Prometheus metrics.
+pub const PATH_METRICS: &str = "/metrics";
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Name.
+    pub name: String,
+    /// Incarnation.
+    pub incarnation: u64,
+    /// `alive`, `suspect`, `failed`, `left`, or `self`.
+    pub state: String,
+    /// Point-to-point address.
+    pub http: String,
+    /// Host id.
+    pub host: String,
+    /// Per channel (`state`, `log`): last sequence delivered here, highest known sent (for
+    /// this member itself: last sent, twice).
+    pub sequences: BTreeMap<String, (u64, u64)>,
+}
+
+/// A node's view of its cluster, served at [`PATH_CLUSTER`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Cluster name.
+    pub cluster: String,
+    /// The serving member's name.
+    pub name: String,
+    /// True once it finished joining.
+    pub joined: bool,
+    /// Members, this one first.
+    pub members: Vec<MemberView>,
+    /// Offers: name → member name → value.
+    pub offers: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Who a member is (seed 002's naming), served at [`PATH_WHOAMI`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// Cluster name.
+    pub cluster: String,
+    /// Clone group, if the name was derived from one.
+    pub group: Option<String>,
+    /// Clone index within the group.
+    pub clone_index: Option<u32>,
+    /// Member name.
+    pub name: String,
+    /// Host id.
+    pub host: String,
+    /// Incarnation.
+    pub incarnation: u64,
+}
+
+/// The cluster view of `node`.
+pub fn cluster_view(node: &Node) -> ClusterView {
+    let id = node.identity();
+    let mut names = BTreeMap::new();
+    names.insert(node.key(), id.name.clone());
+    let own = MemberView {
+        name: id.name.clone(),
+        incarnation: id.incarnation,
+        state: "self".into(),
+        http: id.http_addr.to_string(),
+        host: id.host_id.clone(),
+        sequences: Channel::ALL
+            .iter()
+            .map(|&c| (c.name().to_owned(), (node.last_sent(c), node.last_sent(c))))
+            .collect(),
+    };
+    let mut members = vec![own];
+    for m in node.members() {
+        names.insert(m.key, m.name.clone());
+        members.push(MemberView {
+            name: m.name,
+            incarnation: m.incarnation,
+            state: m.state.as_str().to_owned(),
+            http: m.http_addr.to_string(),
+            host: m.host_id,
+            sequences: m
+                .sequences
+                .iter()
+                .map(|&(c, delivered, known)| (c.name().to_owned(), (delivered, known)))
+                .collect(),
+        });
+    }
+    let offers = node
+        .registry()
+        .view()
+        .iter()
+        .map(|(name, providers)| {
+            let by_name = providers
+                .iter()
+                .map(|(k, v)| {
+                    let who = names.get(k).cloned().unwrap_or_else(|| format!("{k:?}"));
+                    (who, v.clone())
+                })
+                .collect();
+            (name.clone(), by_name)
+        })
+        .collect();
+    ClusterView {
+        cluster: id.cluster.clone(),
+        name: id.name.clone(),
+        joined: node.is_joined(),
+        members,
+        offers,
+    }
+}
+
+/// A JSON 200 response.
+pub fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => Response::ok("application/json", body),
+        Err(e) => Response::error(500, &format!("cannot encode JSON: {e}")),
+    }
+}
+
+/// The Prometheus text exposition of the core's and the runtime's counters.
+pub fn metrics(s: &Stats, d: &DriverStats) -> Response {
+    let mut o = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP hybridcast_{name} {help}");
+        let _ = writeln!(o, "# TYPE hybridcast_{name} counter");
+        let _ = writeln!(o, "hybridcast_{name} {v}");
+    };
+    counter(
+        "datagrams_in_total",
+        "Group datagrams received.",
+        s.datagrams_in,
+    );
+    counter(
+        "bytes_in_total",
+        "Group datagram bytes received.",
+        s.bytes_in,
+    );
+    counter(
+        "datagrams_out_total",
+        "Group datagrams sent.",
+        s.datagrams_out,
+    );
+    counter("bytes_out_total", "Group datagram bytes sent.", s.bytes_out);
+    counter(
+        "messages_delivered_total",
+        "Sequenced messages delivered.",
+        s.messages_delivered,
+    );
+    counter("gaps_total", "Gap events reported.", s.gaps);
+    counter(
+        "gap_messages_total",
+        "Messages reported lost for good.",
+        s.gap_messages,
+    );
+    counter(
+        "recoveries_requested_total",
+        "Recovery requests sent.",
+        s.recoveries_requested,
+    );
+    counter(
+        "recoveries_served_total",
+        "Recovery requests answered.",
+        s.recoveries_served,
+    );
+    counter(
+        "recoveries_failed_total",
+        "Recovery requests failed.",
+        s.recoveries_failed,
+    );
+    counter(
+        "recoveries_spurious_total",
+        "Recovery answers with nothing new.",
+        s.recoveries_spurious,
+    );
+    counter(
+        "dump_requests_total",
+        "State-dump requests sent.",
+        s.dump_requests,
+    );
+    counter("dumps_served_total", "State dumps served.", s.dumps_served);
+    counter("probes_sent_total", "Liveness probes sent.", s.probes_sent);
+    counter(
+        "http_errors_total",
+        "Requests answered with an error status.",
+        s.http_errors,
+    );
+    counter(
+        "stale_responses_total",
+        "Answers to requests no longer waited for.",
+        s.stale_responses,
+    );
+    counter(
+        "events_dropped_total",
+        "Membership events dropped (owner too slow).",
+        s.events_dropped,
+    );
+    counter(
+        "injected_drops_total",
+        "Datagrams dropped by receive_drop_rate.",
+        d.injected_drops,
+    );
+    counter(
+        "send_drops_total",
+        "Group datagrams dropped because the socket was full.",
+        d.send_drops,
+    );
+    counter(
+        "connections_refused_total",
+        "HTTP connections refused (limit).",
+        d.connections_refused,
+    );
+    counter(
+        "connections_timed_out_total",
+        "HTTP connections closed idle or late.",
+        d.connections_timed_out,
+    );
+    let dr = &s.drops;
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_drops_total Datagrams dropped, by reason."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_drops_total counter");
+    for (reason, v) in [
+        ("not_hybridcast", dr.not_hybridcast),
+        ("unsupported", dr.unsupported),
+        ("malformed", dr.malformed),
+        ("wrong_cluster", dr.wrong_cluster),
+        ("own", dr.own),
+        ("stale_incarnation", dr.stale_incarnation),
+        ("unknown_member", dr.unknown_member),
+        ("members_over_limit", dr.members_over_limit),
+        ("too_large", dr.too_large),
+        ("cache_full", dr.cache_full),
+        ("inconsistent", dr.inconsistent),
+        ("backlogged", dr.backlogged),
+        ("duplicate", dr.duplicate),
+        ("bad_payload", dr.bad_payload),
+        ("offers_over_limit", dr.offers_over_limit),
+        ("bad_identity", dr.bad_identity),
+    ] {
+        let _ = writeln!(o, "hybridcast_drops_total{{reason=\"{reason}\"}} {v}");
+    }
+    let _ = writeln!(o, "# HELP hybridcast_members Members by state.");
+    let _ = writeln!(o, "# TYPE hybridcast_members gauge");
+    for (state, v) in [
+        ("alive", s.members_alive),
+        ("suspect", s.members_suspect),
+        ("failed", s.members_failed),
+        ("left", s.members_left),
+    ] {
+        let _ = writeln!(o, "hybridcast_members{{state=\"{state}\"}} {v}");
+    }
+    Response::ok("text/plain; version=0.0.4", o)
+}
