@@ -5,6 +5,8 @@
 //!
 //! - [`Driver`] embeds a member in an event loop you own: register its sockets, hand it the
 //!   mio events for its tokens, and wake it at [`Driver::poll_timeout`].
+//! - [`spawn`] runs a member on a thread of its own and returns a [`NodeHandle`]: commands,
+//!   a snapshot of the view, events, stats, and a graceful `shutdown`.
 //! - Sockets: the multicast socket joins the group on the configured interface, shares the
 //!   port with other members on the host, loops back, and sends with the configured TTL;
 //!   defaults keep everything on loopback ([`DriverConfig::new`]).
@@ -18,10 +20,12 @@ mod conn;
 mod driver;
 pub mod endpoints;
 pub mod socket;
+mod spawn;
 
 pub use config::{DEFAULT_GROUP, DriverConfig};
 pub use driver::{Driver, DriverStats};
 pub use hybridcast_core as core;
+pub use spawn::{COMMAND_QUEUE, EVENT_QUEUE, NodeHandle, Stopped, spawn};
 
 /// Why a runtime member could not start.
 #[derive(Debug, thiserror::Error)]
