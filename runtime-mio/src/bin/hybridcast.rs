@@ -1,0 +1,437 @@
+//! `hybridcast`: run a member, look at a cluster, or watch a demo cluster on loopback.
+
+use clap::{Args, Parser, Subcommand};
+use hybridcast_mio::core::http::{self, HttpLimits, Request};
+use hybridcast_mio::core::{Config, Event, Identity};
+use hybridcast_mio::endpoints::{ClusterView, PATH_CLUSTER};
+use hybridcast_mio::{DEFAULT_GROUP, DriverConfig, NodeHandle, spawn};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "hybridcast: cluster membership, naming and messaging"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one member until interrupted (or for --seconds), logging its events.
+    Node(NodeArgs),
+    /// Print a member's view of its cluster.
+    Status {
+        /// The member's HTTP address, e.g. 127.0.0.1:8080 or http://127.0.0.1:8080.
+        url: String,
+    },
+    /// Start a cluster on loopback, lose packets, crash a member, join a new one, and exit 0
+    /// once every view agrees.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Cluster name.
+    #[arg(long, default_value = "hybridcast")]
+    cluster: String,
+    /// Member name (or use --clone-group and --clone-index).
+    #[arg(long, required_unless_present = "clone_group")]
+    name: Option<String>,
+    /// Server group this member is a clone of; its name becomes `<group>/<index>`.
+    #[arg(long, requires = "clone_index", conflicts_with = "name")]
+    clone_group: Option<String>,
+    /// Clone index within --clone-group.
+    #[arg(long)]
+    clone_index: Option<u32>,
+    /// Multicast group and port.
+    #[arg(long, default_value_t = DEFAULT_GROUP)]
+    group: SocketAddrV4,
+    /// Interface address to join the group on and send from (the one that reaches the other
+    /// machines; the default keeps the cluster on this host).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    interface: Ipv4Addr,
+    /// Multicast TTL.
+    #[arg(long, default_value_t = 1)]
+    ttl: u32,
+    /// Address of the point-to-point HTTP server (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http: SocketAddr,
+    /// An offer to make, `name=value`; repeat for more.
+    #[arg(long = "bind", value_parser = parse_binding)]
+    binds: Vec<(String, String)>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Leave after this many seconds (default: run until killed).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Drop this share of received group datagrams on purpose (demos and tests only).
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Members at the start (a newcomer joins later).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(3..=64))]
+    nodes: u64,
+    /// Share of received datagrams the lossy member drops.
+    #[arg(long, default_value_t = 0.2)]
+    loss: f64,
+    /// Give up (exit 1) if the cluster has not converged after this many seconds in a phase.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+fn parse_binding(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, v)) if !n.is_empty() => Ok((n.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not name=value")),
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(a) => node(a),
+        Command::Status { url } => status(&url),
+        Command::Demo(a) => demo(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn node(a: NodeArgs) -> Result<ExitCode, String> {
+    let name = match (&a.name, &a.clone_group, a.clone_index) {
+        (Some(n), _, _) => n.clone(),
+        (None, Some(g), Some(i)) => Identity::clone_name(g, i),
+        _ => return Err("give --name, or --clone-group with --clone-index".into()),
+    };
+    let mut cfg = DriverConfig::new(&a.cluster, &name);
+    cfg.clone = a.clone_group.clone().zip(a.clone_index);
+    cfg.group = a.group;
+    cfg.interface = a.interface;
+    cfg.ttl = a.ttl;
+    cfg.http = a.http;
+    cfg.receive_drop_rate = a.drop_rate;
+    cfg.core.heartbeat_interval = Duration::from_millis(a.heartbeat_ms.max(1));
+    let h = spawn(cfg).map_err(|e| e.to_string())?;
+    tracing::info!(%name, http = %h.http_addr(), group = %a.group, "member started");
+    for (n, v) in &a.binds {
+        h.bind(n, v)
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot bind {n}: {e}"))?;
+    }
+    let end = a.seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    loop {
+        let wait = end.map_or(Duration::from_secs(1), |e| {
+            e.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+        });
+        match h.events().recv_timeout(wait) {
+            Ok(e) => log_event(&e),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the member stopped".into());
+            }
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            tracing::info!("leaving");
+            h.shutdown();
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::Message { .. } | Event::Bound { .. } | Event::Unbound { .. } => {
+            tracing::debug!("{e:?}")
+        }
+        Event::Gap { .. } | Event::NameConflict { .. } | Event::MemberFailed { .. } => {
+            tracing::warn!("{e:?}")
+        }
+        _ => tracing::info!("{e:?}"),
+    }
+}
+
+/// GETs the cluster view from `url` with a plain blocking socket and core's HTTP parser.
+fn fetch_view(url: &str) -> Result<ClusterView, String> {
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let host = host.split('/').next().unwrap_or(host);
+    let mut stream = TcpStream::connect(host).map_err(|e| format!("cannot reach {host}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut req = Request::get(PATH_CLUSTER);
+    req.headers.push(("connection".into(), "close".into()));
+    stream
+        .write_all(&req.encode(host))
+        .map_err(|e| e.to_string())?;
+    let limits = HttpLimits::default();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Ok(Some((resp, _))) = http::parse_response(&buf, &limits) {
+            if resp.status != 200 {
+                return Err(format!("{host} answered {}", resp.status));
+            }
+            return serde_json::from_slice(&resp.body).map_err(|e| format!("bad view: {e}"));
+        }
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 || buf.len() > limits.max_body_bytes {
+            return Err(format!("{host} closed before a full answer"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn status(url: &str) -> Result<ExitCode, String> {
+    let v = fetch_view(url)?;
+    println!(
+        "cluster {} as seen by {} ({})",
+        v.cluster,
+        v.name,
+        if v.joined { "joined" } else { "joining" }
+    );
+    println!(
+        "{:<24} {:>14} {:<8} {:<22} {:>12} {:>12}",
+        "member", "incarnation", "state", "http", "state seq", "log seq"
+    );
+    for m in &v.members {
+        let seq = |c: &str| {
+            m.sequences
+                .get(c)
+                .map_or("-".into(), |(d, k)| format!("{d}/{k}"))
+        };
+        println!(
+            "{:<24} {:>14} {:<8} {:<22} {:>12} {:>12}",
+            m.name,
+            m.incarnation,
+            m.state,
+            m.http,
+            seq("state"),
+            seq("log")
+        );
+    }
+    println!("offers: {}", v.offers.len());
+    for (name, providers) in v.offers.iter().take(50) {
+        let who: Vec<String> = providers
+            .iter()
+            .map(|(m, val)| format!("{m}={val}"))
+            .collect();
+        println!("  {name}: {}", who.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ----- demo -----
+
+struct Demo {
+    members: Vec<(String, Option<NodeHandle>)>,
+    group: SocketAddrV4,
+    limit: Duration,
+}
+
+impl Demo {
+    fn start(&mut self, name: &str, drop_rate: f64) -> Result<(), String> {
+        let mut cfg = DriverConfig::new("demo", name);
+        cfg.group = self.group;
+        cfg.receive_drop_rate = drop_rate;
+        cfg.core = Config {
+            heartbeat_interval: Duration::from_millis(200),
+            request_timeout: Duration::from_millis(500),
+            ..Config::default()
+        };
+        let h = spawn(cfg).map_err(|e| format!("cannot start {name}: {e}"))?;
+        for k in 0..20 {
+            h.bind(&format!("svc-{k}"), &format!("{name}:{k}"))
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        self.members.push((name.to_owned(), Some(h)));
+        Ok(())
+    }
+
+    fn live(&self) -> impl Iterator<Item = (&str, &NodeHandle)> {
+        self.members
+            .iter()
+            .filter_map(|(n, h)| h.as_ref().map(|h| (n.as_str(), h)))
+    }
+
+    /// True when every live member sees the same offers and exactly the live members alive.
+    fn converged(&self) -> bool {
+        let names: Vec<&str> = self.live().map(|(n, _)| n).collect();
+        let mut first: Option<BTreeMap<String, BTreeMap<String, String>>> = None;
+        for (name, h) in self.live() {
+            let Ok(v) = h.view() else {
+                return false;
+            };
+            let alive: Vec<&str> = v
+                .members
+                .iter()
+                .filter(|m| m.state == "alive" || m.state == "self")
+                .map(|m| m.name.as_str())
+                .collect();
+            let mut expected = names.clone();
+            expected.sort_unstable();
+            let mut got = alive.clone();
+            got.sort_unstable();
+            if !v.joined || got != expected || v.offers.values().any(|p| p.len() != names.len()) {
+                return false;
+            }
+            match &first {
+                None => first = Some(v.offers),
+                Some(f) if *f != v.offers => return false,
+                Some(_) => {}
+            }
+            let _ = name;
+        }
+        true
+    }
+
+    fn wait(&self, what: &str, mut done: impl FnMut(&Demo) -> bool) -> Result<Duration, String> {
+        let start = Instant::now();
+        while start.elapsed() < self.limit {
+            if done(self) {
+                let took = start.elapsed();
+                println!("  {what}: {:.0} ms", took.as_secs_f64() * 1e3);
+                return Ok(took);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("{what}: not within {:?}", self.limit))
+    }
+
+    fn table(&self) {
+        println!(
+            "  {:<10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9}",
+            "member", "members", "offers", "recovered", "served", "dropped", "dumps"
+        );
+        for (name, h) in self.live() {
+            let (Ok(v), Ok((s, d))) = (h.view(), h.stats()) else {
+                continue;
+            };
+            let offers: usize = v.offers.values().map(BTreeMap::len).sum();
+            println!(
+                "  {:<10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9}",
+                name,
+                v.members.iter().filter(|m| m.state == "alive").count() + 1,
+                offers,
+                s.recoveries_requested,
+                s.recoveries_served,
+                d.injected_drops,
+                s.dump_requests
+            );
+        }
+    }
+}
+
+fn demo(a: DemoArgs) -> Result<ExitCode, String> {
+    if !(0.0..0.9).contains(&a.loss) {
+        return Err("--loss must be within [0, 0.9)".into());
+    }
+    // A port of our own, so the demo never mixes with a cluster on the default port.
+    let port = 46_000 + (std::process::id() % 2000) as u16;
+    let mut d = Demo {
+        members: Vec::new(),
+        group: SocketAddrV4::new(*DEFAULT_GROUP.ip(), port),
+        limit: Duration::from_secs(a.seconds),
+    };
+    println!(
+        "starting {} members on {} (loopback), 20 offers each; member-1 drops {:.0}% of what it receives",
+        a.nodes,
+        d.group,
+        a.loss * 100.0
+    );
+    for i in 0..a.nodes {
+        let rate = if i == 1 { a.loss } else { 0.0 };
+        d.start(&format!("member-{i}"), rate)?;
+    }
+    let t_start = d.wait("every view converged", Demo::converged)?;
+    // Traffic under loss: each member publishes invalidations and changes offers.
+    for round in 0..20 {
+        for (name, h) in d.live() {
+            let _ = h.publish("invalidate", format!("{name} round {round}"));
+            let _ = h.bind("svc-0", &format!("{name}:round-{round}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t_churn = d.wait(
+        "converged again after 20 rounds of changes",
+        Demo::converged,
+    )?;
+    if let Some((_, Some(h))) = d.members.get(1) {
+        let (s, ds) = h.stats().map_err(|e| e.to_string())?;
+        println!(
+            "  member-1 dropped {} datagrams, detected being behind and made {} point-to-point recoveries ({} failed)",
+            ds.injected_drops, s.recoveries_requested, s.recoveries_failed
+        );
+    }
+    d.table();
+
+    let victim = d.members.len() - 1;
+    let victim_name = d.members[victim].0.clone();
+    println!("crashing {victim_name} (no Leave)");
+    if let Some(h) = d.members[victim].1.take() {
+        h.crash();
+    }
+    let t_detect = d.wait("every member reports it failed", |d| {
+        d.live().all(|(_, h)| {
+            h.view().is_ok_and(|v| {
+                v.members
+                    .iter()
+                    .any(|m| m.name == victim_name && m.state == "failed")
+            })
+        })
+    })?;
+
+    println!("starting newcomer (joins with one state dump)");
+    d.start("newcomer", 0.0)?;
+    let t_join = d.wait("newcomer joined and every view converged", Demo::converged)?;
+    let dumps = d
+        .live()
+        .find(|(n, _)| *n == "newcomer")
+        .and_then(|(_, h)| h.stats().ok())
+        .map_or(0, |(s, _)| s.dump_requests);
+    println!("  newcomer state-dump requests: {dumps}");
+    d.table();
+    println!("summary");
+    println!(
+        "  converge at start {:.0} ms, after changes under loss {:.0} ms, crash detected in {:.0} ms, join {:.0} ms",
+        ms(t_start),
+        ms(t_churn),
+        ms(t_detect),
+        ms(t_join)
+    );
+    let ok = d.converged() && dumps == 1;
+    for (_, h) in d.members.iter_mut() {
+        if let Some(h) = h.take() {
+            h.shutdown();
+        }
+    }
+    println!("{}", if ok { "CONVERGED" } else { "NOT CONVERGED" });
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
