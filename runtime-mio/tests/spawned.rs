@@ -78,3 +78,72 @@ fn detection_join_by_one_dump_and_leave() {
     assert!(joined_via_dump);
     drop((a, d));
 }
+
+fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use hybridcast_mio::core::http::{self, HttpLimits, Request};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut req = Request::get(path);
+    req.headers.push(("connection".into(), "close".into()));
+    s.write_all(&req.encode(&addr.to_string())).expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let (resp, _) = http::parse_response(&buf, &HttpLimits::default())
+        .expect("valid")
+        .expect("complete");
+    (
+        resp.status,
+        String::from_utf8_lossy(&resp.body).into_owned(),
+    )
+}
+
+#[test]
+fn whoami_and_metrics_are_served() {
+    let mut c = DriverConfig::new("spawn-test", "web/3");
+    c.clone = Some(("web".into(), 3));
+    c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_302);
+    let h = spawn(c).expect("spawn");
+    let (status, body) = get(h.http_addr(), "/hybridcast/v1/whoami");
+    assert_eq!(status, 200);
+    let who: hybridcast_mio::endpoints::WhoAmI = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (
+            who.cluster.as_str(),
+            who.group.as_deref(),
+            who.clone_index,
+            who.name.as_str()
+        ),
+        ("spawn-test", Some("web"), Some(3), "web/3")
+    );
+    let (status, body) = get(h.http_addr(), "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE hybridcast_datagrams_out_total counter"));
+    assert!(body.contains("hybridcast_members{state=\"alive\"} 0"));
+    let (status, _) = get(h.http_addr(), "/nowhere");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
+    use std::io::Read;
+    let mut c = DriverConfig::new("spawn-test", "limited");
+    c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_303);
+    c.max_connections = 4;
+    c.idle_timeout = Duration::from_millis(300);
+    let h = spawn(c).expect("spawn");
+    let mut conns: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(h.http_addr()).expect("connect"))
+        .collect();
+    // Every connection ends: the extra ones at once, the others when idle too long.
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).expect("closed, not timed out"), 0);
+    }
+    let (_, d) = h.stats().expect("running");
+    // Each was either refused at the limit or closed idle; with ten opened back to back
+    // against four slots, some were refused.
+    assert_eq!(d.connections_refused + d.connections_timed_out, 10, "{d:?}");
+    assert!(d.connections_refused > 0, "{d:?}");
+}
