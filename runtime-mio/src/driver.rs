@@ -59,6 +59,8 @@ pub struct Driver {
     sends: VecDeque<Bytes>,
     more_udp: bool,
     more_accept: bool,
+    /// Commands were issued since the last pump: their datagrams go out at the next call.
+    dirty: bool,
     limits: HttpLimits,
     idle_timeout: Duration,
     request_timeout: Duration,
@@ -123,6 +125,7 @@ impl Driver {
             sends: VecDeque::new(),
             more_udp: false,
             more_accept: false,
+            dirty: false,
             limits,
             idle_timeout: cfg.idle_timeout,
             request_timeout,
@@ -179,24 +182,25 @@ impl Driver {
     }
 
     /// Offers `name = value` to the cluster.
+    ///
+    /// Commands go out at the next [`Driver::handle_timeout`] (or event), which
+    /// [`Driver::poll_timeout`] makes due at once: commands issued together form one tick and
+    /// share datagrams.
     pub fn bind(&mut self, name: &str, value: &str) -> Result<(), CommandError> {
-        let r = self.node.bind(name, value);
-        self.pump(self.last_now);
-        r
+        self.dirty = true;
+        self.node.bind(name, value)
     }
 
     /// Withdraws the offer `name`; true if it was offered.
     pub fn unbind(&mut self, name: &str) -> Result<bool, CommandError> {
-        let r = self.node.unbind(name);
-        self.pump(self.last_now);
-        r
+        self.dirty = true;
+        self.node.unbind(name)
     }
 
     /// Publishes a message on `topic`; returns its sequence number.
     pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) -> Result<u64, CommandError> {
-        let r = self.node.publish(topic, payload);
-        self.pump(self.last_now);
-        r
+        self.dirty = true;
+        self.node.publish(topic, payload)
     }
 
     /// Leaves the cluster gracefully: the Leave datagram is sent at once.
@@ -236,7 +240,7 @@ impl Driver {
 
     /// When [`Driver::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.more_udp || self.more_accept {
+        if self.more_udp || self.more_accept || self.dirty {
             return Some(self.last_now);
         }
         let conns = self.conns.iter().flatten().map(|c| c.deadline).min();
@@ -323,6 +327,7 @@ impl Driver {
 
     /// Sends what the node queued and starts the requests it asked for.
     fn pump(&mut self, now: Instant) {
+        self.dirty = false;
         while let Some(t) = self.node.poll_transmit() {
             match t {
                 Transmit::Group(d) => self.send(d),
