@@ -23,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MAX_PENDING_SENDS: usize = 1024;
 /// Datagrams received (or connections accepted) per wake-up before yielding to the loop.
 const BATCH: usize = 256;
+/// Largest request body served (the protocol's requests have none): a served connection
+/// buffers at most the head limit plus this.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 /// Tokens used besides connections: the UDP socket and the listener.
 const FIXED_TOKENS: usize = 2;
 
@@ -427,8 +430,18 @@ impl Driver {
         }
     }
 
+    /// Most bytes buffered for one answer we wait for (a dump can be large).
     fn input_limit(&self) -> usize {
         self.limits.max_header_bytes + self.limits.max_body_bytes + 1
+    }
+
+    /// The limits for requests we serve: every exchange is a GET, so a body is capped at
+    /// [`MAX_REQUEST_BODY`] whatever `http.max_body_bytes` allows for answers.
+    fn serve_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: self.limits.max_body_bytes.min(MAX_REQUEST_BODY),
+            ..self.limits
+        }
     }
 
     /// Moves bytes on connection `slot` and acts on complete messages.
@@ -453,11 +466,12 @@ impl Driver {
 
     /// Serves requests on an accepted connection.
     fn serve(&mut self, conn: &mut Conn, now: Instant) -> Result<Next, RequestFailure> {
+        let limits = self.serve_limits();
         let end = conn
-            .read(self.input_limit())
+            .read(limits.max_header_bytes + limits.max_body_bytes + 1)
             .map_err(|e| RequestFailure::Io(e.to_string()))?;
         while conn.flushed() && !conn.close_after_write {
-            match http::parse_request(&conn.inbuf, &self.limits) {
+            match http::parse_request(&conn.inbuf, &limits) {
                 Ok(Some((req, used))) => {
                     conn.consume(used);
                     let mut resp = self.answer(now, &req);

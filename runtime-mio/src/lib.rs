@@ -23,7 +23,7 @@ pub mod socket;
 mod spawn;
 
 pub use config::{DEFAULT_GROUP, DriverConfig};
-pub use driver::{Driver, DriverStats};
+pub use driver::{Driver, DriverStats, MAX_REQUEST_BODY};
 pub use hybridcast_core as core;
 pub use spawn::{COMMAND_QUEUE, EVENT_QUEUE, NodeHandle, Stopped, spawn};
 

@@ -147,3 +147,20 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
     assert_eq!(d.connections_refused + d.connections_timed_out, 10, "{d:?}");
     assert!(d.connections_refused > 0, "{d:?}");
 }
+
+#[test]
+fn a_large_request_body_is_refused_at_once() {
+    use std::io::{Read, Write};
+    let mut c = DriverConfig::new("spawn-test", "bodies");
+    c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_304);
+    let h = spawn(c).expect("spawn");
+    let mut s = std::net::TcpStream::connect(h.http_addr()).expect("connect");
+    s.write_all(b"POST /hybridcast/v1/probe HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n")
+        .expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("answer, then close");
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+}
