@@ -57,7 +57,6 @@ pub struct Driver {
     registry: Option<Registry>,
     base: usize,
     conns: Vec<Option<Conn>>,
-    asking: BTreeMap<RequestId, usize>,
     idle: BTreeMap<SocketAddr, Vec<usize>>,
     sends: VecDeque<Bytes>,
     more_udp: bool,
@@ -123,7 +122,6 @@ impl Driver {
             registry: None,
             base: 0,
             conns: (0..cfg.max_connections).map(|_| None).collect(),
-            asking: BTreeMap::new(),
             idle: BTreeMap::new(),
             sends: VecDeque::new(),
             more_udp: false,
@@ -394,7 +392,6 @@ impl Driver {
                 };
                 conn.deadline = deadline;
                 conn.queue(&request);
-                self.asking.insert(id, slot);
                 self.conns[slot] = Some(conn);
                 self.drive(slot, now);
                 return;
@@ -420,7 +417,6 @@ impl Driver {
                 };
                 let mut conn = Conn::new(stream, role, deadline);
                 conn.queue(&request);
-                self.asking.insert(id, slot);
                 self.conns[slot] = Some(conn);
             }
             Err(e) => {
@@ -553,7 +549,6 @@ impl Driver {
                 let mut next = Next::Close;
                 if let Role::Ask { id, target, .. } = &mut conn.role {
                     if let Some(id) = id.take() {
-                        self.asking.remove(&id);
                         self.node.handle_http_response(now, id, Ok(resp));
                     }
                     if keep {
@@ -595,30 +590,16 @@ impl Driver {
         if let Some(v) = self.idle.get_mut(&target) {
             v.retain(|&s| s != slot);
         }
-        match (id, failure) {
-            (Some(id), Some(RequestFailure::Timeout)) => {
-                self.asking.remove(&id);
-                self.node
-                    .handle_http_response(now, id, Err(RequestFailure::Timeout));
-                self.close(conn);
-            }
-            (Some(id), Some(failure)) => {
-                self.asking.remove(&id);
-                self.close(conn);
-                if reused && conn_was_quiet(&failure) {
-                    // A pooled connection the peer had closed: try once on a fresh one.
-                    self.ask(now, id, target, request, false);
-                } else {
-                    self.node.handle_http_response(now, id, Err(failure));
-                }
-            }
-            (Some(id), None) => {
-                self.asking.remove(&id);
-                self.close(conn);
-                let failure = RequestFailure::Io("connection closed".into());
-                self.node.handle_http_response(now, id, Err(failure));
-            }
-            (None, _) => self.close(conn),
+        self.close(conn);
+        let Some(id) = id else {
+            return; // an idle pooled connection: nobody waits on it
+        };
+        let failure = failure.unwrap_or_else(|| RequestFailure::Io("connection closed".into()));
+        if reused && conn_was_quiet(&failure) {
+            // A pooled connection the peer had closed: try once on a fresh one.
+            self.ask(now, id, target, request, false);
+        } else {
+            self.node.handle_http_response(now, id, Err(failure));
         }
     }
 

@@ -2,11 +2,14 @@
 //! Prometheus metrics, and who this member is.
 
 use crate::DriverStats;
-use hybridcast_core::http::Response;
+use hybridcast_core::http::{self, HttpLimits, Request, Response};
 use hybridcast_core::{Channel, Node, Stats};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::{self, Read, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
 
 /// `GET` path of the cluster view ([`ClusterView`] as JSON).
 pub const PATH_CLUSTER: &str = "/hybridcast/v1/cluster";
@@ -263,4 +266,33 @@ pub fn metrics(s: &Stats, d: &DriverStats) -> Response {
         let _ = writeln!(o, "hybridcast_members{{state=\"{state}\"}} {v}");
     }
     Response::ok("text/plain; version=0.0.4", o)
+}
+
+/// A blocking `GET path` to the member serving HTTP at `addr` (`host:port`), for tools and
+/// tests: one connection, closed after the answer, which core's parser reads within its
+/// default limits; `timeout` bounds each read.
+pub fn get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut req = Request::get(path);
+    req.headers.push(("connection".into(), "close".into()));
+    stream.write_all(&req.encode(addr))?;
+    let limits = HttpLimits::default();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match http::parse_response(&buf, &limits) {
+            Ok(Some((resp, _))) => return Ok(resp),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before a full answer",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }

@@ -1,10 +1,8 @@
 //! Three `hybridcast node` processes on loopback; their views are read over HTTP from
 //! `/hybridcast/v1/cluster`, and `hybridcast status` prints one.
 
-use hybridcast_mio::core::http::{self, HttpLimits, Request};
-use hybridcast_mio::endpoints::{ClusterView, PATH_CLUSTER};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,14 +28,7 @@ fn free_port() -> u16 {
 }
 
 fn view(addr: SocketAddr) -> Option<ClusterView> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut req = Request::get(PATH_CLUSTER);
-    req.headers.push(("connection".into(), "close".into()));
-    s.write_all(&req.encode(&addr.to_string())).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let (resp, _) = http::parse_response(&buf, &HttpLimits::default()).ok()??;
+    let resp = endpoints::get(&addr.to_string(), PATH_CLUSTER, Duration::from_secs(5)).ok()?;
     serde_json::from_slice(&resp.body).ok()
 }
 

@@ -80,17 +80,8 @@ fn detection_join_by_one_dump_and_leave() {
 }
 
 fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use hybridcast_mio::core::http::{self, HttpLimits, Request};
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    let mut req = Request::get(path);
-    req.headers.push(("connection".into(), "close".into()));
-    s.write_all(&req.encode(&addr.to_string())).expect("send");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    let (resp, _) = http::parse_response(&buf, &HttpLimits::default())
-        .expect("valid")
-        .expect("complete");
+    let resp = hybridcast_mio::endpoints::get(&addr.to_string(), path, Duration::from_secs(10))
+        .expect("an answer");
     (
         resp.status,
         String::from_utf8_lossy(&resp.body).into_owned(),

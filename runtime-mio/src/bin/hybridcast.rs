@@ -1,13 +1,11 @@
 //! `hybridcast`: run a member, look at a cluster, or watch a demo cluster on loopback.
 
 use clap::{Args, Parser, Subcommand};
-use hybridcast_mio::core::http::{self, HttpLimits, Request};
 use hybridcast_mio::core::{Config, Event, Identity};
-use hybridcast_mio::endpoints::{ClusterView, PATH_CLUSTER};
+use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
 use hybridcast_mio::{DEFAULT_GROUP, DriverConfig, NodeHandle, spawn};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -169,35 +167,16 @@ fn log_event(e: &Event) {
     }
 }
 
-/// GETs the cluster view from `url` with a plain blocking socket and core's HTTP parser.
+/// Fetches the cluster view from the member at `url`.
 fn fetch_view(url: &str) -> Result<ClusterView, String> {
     let host = url.trim_start_matches("http://").trim_end_matches('/');
     let host = host.split('/').next().unwrap_or(host);
-    let mut stream = TcpStream::connect(host).map_err(|e| format!("cannot reach {host}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut req = Request::get(PATH_CLUSTER);
-    req.headers.push(("connection".into(), "close".into()));
-    stream
-        .write_all(&req.encode(host))
-        .map_err(|e| e.to_string())?;
-    let limits = HttpLimits::default();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Ok(Some((resp, _))) = http::parse_response(&buf, &limits) {
-            if resp.status != 200 {
-                return Err(format!("{host} answered {}", resp.status));
-            }
-            return serde_json::from_slice(&resp.body).map_err(|e| format!("bad view: {e}"));
-        }
-        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
-        if n == 0 || buf.len() > limits.max_body_bytes {
-            return Err(format!("{host} closed before a full answer"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let resp = endpoints::get(host, PATH_CLUSTER, Duration::from_secs(10))
+        .map_err(|e| format!("cannot get the view from {host}: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("{host} answered {}", resp.status));
     }
+    serde_json::from_slice(&resp.body).map_err(|e| format!("bad view: {e}"))
 }
 
 fn status(url: &str) -> Result<ExitCode, String> {

@@ -183,41 +183,29 @@ impl Report {
         let rec = t.recovery();
         let nak = &self.nak;
         let _ = writeln!(o, "\nbaseline comparison");
-        let _ = writeln!(
-            o,
-            "  {:<38} {:>12} {:>12} {:>14}",
-            "", "p2p requests", "multicast", "bytes"
-        );
+        let row = |o: &mut String, c: [&dyn std::fmt::Display; 4]| {
+            let _ = writeln!(o, "  {:<38} {:>12} {:>12} {:>14}", c[0], c[1], c[2], c[3]);
+        };
+        row(&mut o, [&"", &"p2p requests", &"multicast", &"bytes"]);
         if let Some(b) = &self.join_baseline {
-            let _ = writeln!(
-                o,
-                "  {:<38} {:>12} {:>12} {:>14}",
-                "join, hybrid (one state dump)",
-                join.requests,
-                0,
-                join.bytes()
-            );
-            let _ = writeln!(
-                o,
-                "  {:<38} {:>12} {:>12} {:>14}",
-                "join, baseline (ask every member)", b.requests, 0, b.bytes
+            let hybrid = "join, hybrid (one state dump)";
+            row(&mut o, [&hybrid, &join.requests, &0, &join.bytes()]);
+            row(
+                &mut o,
+                [
+                    &"join, baseline (ask every member)",
+                    &b.requests,
+                    &0,
+                    &b.bytes,
+                ],
             );
         }
-        let _ = writeln!(
-            o,
-            "  {:<38} {:>12} {:>12} {:>14}",
-            "recovery, hybrid (all state/log requests)",
-            rec.requests,
-            0,
-            rec.bytes()
-        );
-        let _ = writeln!(
-            o,
-            "  {:<38} {:>12} {:>12} {:>14}",
-            "loss recovery, baseline (NAK + resend)",
-            0,
-            nak.multicast_datagrams(),
-            nak.bytes_sent
+        let hybrid = "recovery, hybrid (all state/log requests)";
+        row(&mut o, [&hybrid, &rec.requests, &0, &rec.bytes()]);
+        let baseline = "loss recovery, baseline (NAK + resend)";
+        row(
+            &mut o,
+            [&baseline, &0, &nak.multicast_datagrams(), &nak.bytes_sent],
         );
         let _ = writeln!(
             o,
