@@ -141,8 +141,8 @@ pub struct Config {
     /// Longest pub/sub topic in bytes. Default 256.
     pub max_topic_len: usize,
     /// Events queued for the owner before new sequenced data is refused (to be recovered once
-    /// the owner drains them); deliveries are never dropped. Membership events beyond twice this
-    /// are dropped and counted.
+    /// the owner drains them); deliveries are never dropped. Membership events have a quota of
+    /// their own, also this many: beyond it they are dropped and counted.
     /// Default 65 536.
     pub max_queued_events: usize,
     /// Limits on point-to-point HTTP requests and responses.

@@ -79,7 +79,7 @@ pub struct Stats {
     pub http_errors: u64,
     /// Responses that arrived for a request no longer waited for.
     pub stale_responses: u64,
-    /// Membership events dropped because the owner let twice `max_queued_events` pile up.
+    /// Membership events dropped because the owner let `max_queued_events` of them pile up.
     /// Deliveries are never dropped: from `max_queued_events` on, new sequenced data is refused
     /// and recovered later instead.
     pub events_dropped: u64,

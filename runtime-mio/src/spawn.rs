@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub const COMMAND_QUEUE: usize = 1024;
 /// Events waiting for the owner. When the owner falls this far behind, the thread stops
 /// draining the node, whose own backlog policy then applies (new data is refused and
-/// recovered later; only membership events beyond twice `max_queued_events` are dropped).
+/// recovered later; only membership events beyond `max_queued_events` waiting are dropped).
 pub const EVENT_QUEUE: usize = 65_536;
 
 const WAKER: Token = Token(0);

@@ -100,3 +100,46 @@ fn a_member_paused_while_joining_is_delivered_once() {
         assert_eq!(d.messages, 1, "node {i}");
     }
 }
+
+/// Found as schedule seed 6198003576509398602: a newcomer's state dump carried more offers than
+/// `max_queued_events`, the `Bound` deliveries filled the event queue within one step, and the
+/// `MemberJoined` of a member listed later in the dump was dropped, so that member's messages
+/// arrived with no admission. Membership events now have their own quota.
+#[test]
+fn a_large_state_dump_does_not_crowd_out_member_admissions() {
+    let mut sim = sim(
+        3,
+        Config {
+            max_queued_events: 4,
+            ..sim_node_config()
+        },
+    );
+    for name in ["a", "b", "c"] {
+        let i = sim.add(name);
+        for k in 0..10 {
+            sim.bind(i, &format!("svc-{name}-{k}"), "v");
+        }
+    }
+    assert!(sim.run_until_converged(10 * SECOND, SECOND / 10).is_some());
+    let d = sim.add("d");
+    settle(&mut sim);
+    assert_eq!(sim.node(d).stats().events_dropped, 0);
+    let events = sim.events(d);
+    for i in 0..3 {
+        let key = sim.node(i).key();
+        let joined = events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::MemberJoined { peer, .. } if peer.key == key));
+        let first_bound = events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::Bound { member, .. } if *member == key));
+        assert!(
+            joined.is_some(),
+            "no MemberJoined for member {i}: {events:?}"
+        );
+        assert!(
+            joined < first_bound,
+            "member {i} bound before it joined: {events:?}"
+        );
+    }
+}

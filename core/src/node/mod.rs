@@ -194,6 +194,9 @@ pub struct Node {
     started: Instant,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// How many of `events` are membership events (not deliveries): they have their own quota
+    /// so that a burst of deliveries (a state dump) never crowds them out.
+    queued_membership: usize,
     scratch: Vec<Event>,
     conflicts_reported: BTreeSet<u64>,
     stats: Stats,
@@ -250,6 +253,7 @@ impl Node {
             started: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            queued_membership: 0,
             scratch: Vec::new(),
             conflicts_reported: BTreeSet::new(),
             stats: Stats::default(),
@@ -469,7 +473,11 @@ impl Node {
 
     /// The next event for the owner, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front()?;
+        if !is_delivery(&e) {
+            self.queued_membership -= 1;
+        }
+        Some(e)
     }
 
     /// When [`Node::handle_timeout`] should next be called; `None` after leaving.
@@ -1154,14 +1162,14 @@ impl Node {
         // Deliveries (messages, gaps, bindings) are never dropped: from `max_queued_events` on no
         // new sequenced data is taken in, so what still arrives is bounded by the receive caches
         // and one answer already accepted. Membership events are the only ones that can keep
-        // coming from a peer's traffic alone; past twice the limit they are dropped and counted.
-        let delivery = matches!(
-            e,
-            Event::Message { .. } | Event::Gap { .. } | Event::Bound { .. } | Event::Unbound { .. }
-        );
-        if !delivery && self.events.len() >= self.config.max_queued_events.saturating_mul(2) {
-            self.stats.events_dropped += 1;
-            return;
+        // coming from a peer's traffic alone; they are counted on their own, so a burst of
+        // deliveries cannot push one out, and past `max_queued_events` waiting they are dropped.
+        if !is_delivery(&e) {
+            if self.queued_membership >= self.config.max_queued_events {
+                self.stats.events_dropped += 1;
+                return;
+            }
+            self.queued_membership += 1;
         }
         self.events.push_back(e);
     }
@@ -1213,6 +1221,14 @@ const MAX_REMOTE_INTERVAL: Duration = Duration::from_secs(60);
 /// The name-conflict rule: the higher incarnation wins; on a tie, the lower HTTP address.
 fn wins(a: (u64, SocketAddr), b: (u64, SocketAddr)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+/// Deliveries are never dropped; everything else (membership news) may be, under a backlog.
+fn is_delivery(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Message { .. } | Event::Gap { .. } | Event::Bound { .. } | Event::Unbound { .. }
+    )
 }
 
 fn peer_of(m: &Member) -> Peer {

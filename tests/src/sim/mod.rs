@@ -573,10 +573,6 @@ impl Sim {
         let Some(since) = self.nodes[i].held.take() else {
             return;
         };
-        if self.nodes[i].up && self.nodes[i].node.stats().events_dropped > 0 {
-            // Membership events beyond twice `max_queued_events` were dropped (by design).
-            self.checker.events_dropped(i, self.nodes[i].life);
-        }
         self.drain_events(i, since);
         self.touch(i);
     }
@@ -589,6 +585,10 @@ impl Sim {
         }
         let at = self.elapsed();
         let life = self.nodes[i].life;
+        if self.nodes[i].node.stats().events_dropped > 0 {
+            // Membership events beyond `max_queued_events` waiting were dropped (by design).
+            self.checker.events_dropped(i, life);
+        }
         while let Some(e) = self.nodes[i].node.poll_event() {
             self.checker.event_within(i, life, earliest, at, &e);
             if self.cfg.record_events {
