@@ -13,7 +13,7 @@
 //!   the time runs from the first publish to the last delivery, loss recovery included.
 
 use hybridcast_mio::core::{Config, Event};
-use hybridcast_mio::{Driver, DriverConfig, NodeHandle, socket, spawn};
+use hybridcast_mio::{Driver, NodeHandle, RuntimeConfig, socket, spawn};
 use mio::{Events, Poll, Token};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::mpsc::RecvTimeoutError;
@@ -75,8 +75,8 @@ fn average(results: &[(u64, Duration)], size: usize) -> Rate {
     }
 }
 
-fn member_config(group: SocketAddrV4, name: &str) -> DriverConfig {
-    let mut c = DriverConfig::new("bench", name);
+fn member_config(group: SocketAddrV4, name: &str) -> RuntimeConfig {
+    let mut c = RuntimeConfig::new("bench", name);
     c.group = group;
     c.core = Config {
         heartbeat_interval: Duration::from_millis(100),

@@ -7,7 +7,7 @@
 //! tokens, serve our own, wake the driver when its deadline passes, drain its events.
 
 use hybridcast_mio::core::Event;
-use hybridcast_mio::{Driver, DriverConfig};
+use hybridcast_mio::{Driver, RuntimeConfig};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use std::io::Write;
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     poll.registry()
         .register(&mut app, APP, Interest::READABLE)?;
 
-    let mut driver = Driver::new(DriverConfig::new("example", "custom-loop"))?;
+    let mut driver = Driver::new(RuntimeConfig::new("example", "custom-loop"))?;
     driver.register(poll.registry(), DRIVER_BASE)?;
     driver.bind("time-of-day", &app.local_addr()?.to_string())?;
     println!(

@@ -1,46 +1,26 @@
 //! The embeddable driver: a core [`Node`] on a multicast UDP socket and an HTTP listener,
 //! driven by the owner's mio loop.
 
-use crate::config::DriverConfig;
 use crate::conn::{Conn, ReadEnd, Role};
-use crate::endpoints::{self, WhoAmI};
-use crate::{Error, socket};
 use bytes::Bytes;
-use hybridcast_core::http::{self, HttpLimits, Method, Request, Response};
-use hybridcast_core::ids::{Rng, stable_hash};
-use hybridcast_core::{
-    CommandError, Event, Identity, Node, RequestFailure, RequestId, Stats, Transmit,
-};
+use hybridcast_core::http::{self, HttpLimits};
+use hybridcast_core::{CommandError, Event, Node, RequestFailure, RequestId, Stats, Transmit};
+use hybridcast_runtime::endpoints::WhoAmI;
+use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, serve};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// Group datagrams waiting for a full socket to drain; more are dropped (and counted): the
 /// protocol recovers them like lost ones.
 const MAX_PENDING_SENDS: usize = 1024;
 /// Datagrams received (or connections accepted) per wake-up before yielding to the loop.
 const BATCH: usize = 256;
-/// Largest request body served (the protocol's requests have none): a served connection
-/// buffers at most the head limit plus this.
-pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 /// Tokens used besides connections: the UDP socket and the listener.
 const FIXED_TOKENS: usize = 2;
-
-/// Counters of the runtime itself (the core's are in [`Stats`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DriverStats {
-    /// Group datagrams dropped on purpose by `receive_drop_rate`.
-    pub injected_drops: u64,
-    /// Group datagrams dropped because the socket stayed full.
-    pub send_drops: u64,
-    /// HTTP connections refused or requests failed at the connection limit.
-    pub connections_refused: u64,
-    /// HTTP connections closed for idling, or requests given up, at their deadline.
-    pub connections_timed_out: u64,
-}
 
 /// A member driven by its owner's mio event loop.
 ///
@@ -66,76 +46,39 @@ pub struct Driver {
     limits: HttpLimits,
     idle_timeout: Duration,
     request_timeout: Duration,
-    drop_rate: f64,
-    rng: Rng,
+    drops: ReceiveDrops,
     whoami: WhoAmI,
-    stats: DriverStats,
+    stats: RuntimeStats,
     last_now: Instant,
     buf: Vec<u8>,
 }
 
 impl Driver {
     /// Opens the sockets and builds the node (validating both configurations).
-    pub fn new(cfg: DriverConfig) -> Result<Driver, Error> {
-        cfg.validate()?;
-        let io = |what: &'static str| move |source: io::Error| Error::Io { what, source };
-        let listener = socket::listener(cfg.http).map_err(io("binding the HTTP listener"))?;
-        let mut http_addr = listener
-            .local_addr()
-            .map_err(io("reading the HTTP address"))?;
-        if http_addr.ip().is_unspecified() {
-            // Advertise an address peers can reach: the interface the group is joined on.
-            http_addr.set_ip(IpAddr::V4(cfg.interface));
-        }
-        let udp = socket::multicast(cfg.group, cfg.interface, cfg.ttl)
-            .map_err(io("joining the multicast group"))?;
-        let incarnation = cfg.incarnation.unwrap_or_else(|| {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis());
-            u64::try_from(ms).unwrap_or(u64::MAX).max(1)
-        });
-        let mut identity = Identity::new(&cfg.cluster, &cfg.name, incarnation, http_addr);
-        identity.host_id = cfg.host_id.clone().unwrap_or_else(|| {
-            std::env::var("HOSTNAME").unwrap_or_else(|_| cfg.interface.to_string())
-        });
-        let seed = cfg
-            .seed
-            .unwrap_or_else(|| stable_hash(&[cfg.name.as_bytes(), &incarnation.to_be_bytes()]));
-        let whoami = WhoAmI {
-            cluster: cfg.cluster.clone(),
-            group: cfg.clone.as_ref().map(|c| c.0.clone()),
-            clone_index: cfg.clone.as_ref().map(|c| c.1),
-            name: cfg.name.clone(),
-            host: identity.host_id.clone(),
-            incarnation,
-        };
+    pub fn new(cfg: RuntimeConfig) -> Result<Driver, Error> {
         let now = Instant::now();
-        let limits = cfg.core.http;
-        let request_timeout = cfg.core.request_timeout;
-        let node = Node::new(cfg.core, identity, now, seed)?;
+        let p = hybridcast_runtime::prepare(cfg, now)?;
         Ok(Driver {
-            node,
-            udp: UdpSocket::from_std(udp),
-            group: cfg.group.into(),
-            listener: TcpListener::from_std(listener),
+            udp: UdpSocket::from_std(p.udp),
+            group: p.config.group.into(),
+            listener: TcpListener::from_std(p.listener),
             registry: None,
             base: 0,
-            conns: (0..cfg.max_connections).map(|_| None).collect(),
+            conns: (0..p.config.max_connections).map(|_| None).collect(),
             idle: BTreeMap::new(),
             sends: VecDeque::new(),
             more_udp: false,
             more_accept: false,
             dirty: false,
-            limits,
-            idle_timeout: cfg.idle_timeout,
-            request_timeout,
-            drop_rate: cfg.receive_drop_rate,
-            rng: Rng::new(seed ^ 0xd20b),
-            whoami,
-            stats: DriverStats::default(),
+            limits: p.config.core.http,
+            idle_timeout: p.config.idle_timeout,
+            request_timeout: p.config.core.request_timeout,
+            drops: p.drops,
+            whoami: p.whoami,
+            stats: RuntimeStats::default(),
             last_now: now,
             buf: vec![0; 65_536],
+            node: p.node,
         })
     }
 
@@ -173,7 +116,7 @@ impl Driver {
     }
 
     /// The runtime's counters.
-    pub fn driver_stats(&self) -> &DriverStats {
+    pub fn driver_stats(&self) -> &RuntimeStats {
         &self.stats
     }
 
@@ -278,8 +221,7 @@ impl Driver {
         for _ in 0..BATCH {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
-                    if self.drop_rate > 0.0 && self.rng.unit() < self.drop_rate {
-                        self.stats.injected_drops += 1;
+                    if self.drops.drop_next(&mut self.stats) {
                         continue;
                     }
                     let datagram = Bytes::copy_from_slice(&self.buf[..n]);
@@ -426,20 +368,6 @@ impl Driver {
         }
     }
 
-    /// Most bytes buffered for one answer we wait for (a dump can be large).
-    fn input_limit(&self) -> usize {
-        self.limits.max_header_bytes + self.limits.max_body_bytes + 1
-    }
-
-    /// The limits for requests we serve: every exchange is a GET, so a body is capped at
-    /// [`MAX_REQUEST_BODY`] whatever `http.max_body_bytes` allows for answers.
-    fn serve_limits(&self) -> HttpLimits {
-        HttpLimits {
-            max_body_bytes: self.limits.max_body_bytes.min(MAX_REQUEST_BODY),
-            ..self.limits
-        }
-    }
-
     /// Moves bytes on connection `slot` and acts on complete messages.
     fn drive(&mut self, slot: usize, now: Instant) {
         let Some(mut conn) = self.conns[slot].take() else {
@@ -460,59 +388,29 @@ impl Driver {
         }
     }
 
-    /// Serves requests on an accepted connection.
+    /// Serves requests on an accepted connection, one at a time: the next is parsed once the
+    /// last answer is written.
     fn serve(&mut self, conn: &mut Conn, now: Instant) -> Result<Next, RequestFailure> {
-        let limits = self.serve_limits();
-        let end = conn
-            .read(limits.max_header_bytes + limits.max_body_bytes + 1)
-            .map_err(|e| RequestFailure::Io(e.to_string()))?;
+        let limits = serve::serve_limits(&self.limits);
+        let io = |e: io::Error| RequestFailure::Io(e.to_string());
+        let end = conn.read(serve::buffer_limit(&limits)).map_err(io)?;
         while conn.flushed() && !conn.close_after_write {
-            match http::parse_request(&conn.inbuf, &limits) {
-                Ok(Some((req, used))) => {
-                    conn.consume(used);
-                    let mut resp = self.answer(now, &req);
-                    if !req.keep_alive() {
-                        resp.headers.push(("connection".into(), "close".into()));
-                        conn.close_after_write = true;
-                    }
-                    conn.queue(&resp.encode());
-                    // Nothing else is produced until the owner's next call: send it now.
-                    conn.write()
-                        .map_err(|e| RequestFailure::Io(e.to_string()))?;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    conn.queue(&e.to_response().encode());
-                    conn.close_after_write = true;
-                    conn.inbuf.clear();
-                }
-            }
+            let (node, whoami, stats) = (&mut self.node, &self.whoami, &self.stats);
+            let answered = serve::next_answer(&mut conn.inbuf, &limits, |req| {
+                serve::answer(node, whoami, stats, now, req)
+            });
+            let Some(a) = answered else {
+                break;
+            };
+            conn.queue(&a.bytes);
+            conn.close_after_write = a.close;
+            // Nothing else is produced until the owner's next call: send it now.
+            conn.write().map_err(io)?;
         }
-        conn.write()
-            .map_err(|e| RequestFailure::Io(e.to_string()))?;
+        conn.write().map_err(io)?;
         conn.deadline = now + self.idle_timeout;
         let done = conn.flushed() && (conn.close_after_write || end == ReadEnd::Closed);
         Ok(if done { Next::Close } else { Next::Keep })
-    }
-
-    /// The answer to one request: the runtime's endpoints, else the protocol's.
-    fn answer(&mut self, now: Instant, req: &Request) -> Response {
-        let own = [
-            endpoints::PATH_CLUSTER,
-            endpoints::PATH_WHOAMI,
-            endpoints::PATH_METRICS,
-        ];
-        if !own.contains(&req.path.as_str()) {
-            return self.node.handle_http_request(now, req);
-        }
-        if req.method != Method::Get {
-            return Response::error(405, "only GET is served");
-        }
-        match req.path.as_str() {
-            endpoints::PATH_CLUSTER => endpoints::json(&endpoints::cluster_view(&self.node)),
-            endpoints::PATH_WHOAMI => endpoints::json(&self.whoami),
-            _ => endpoints::metrics(&self.node.stats(), &self.stats),
-        }
     }
 
     /// Sends our request and reads the answer.
@@ -531,7 +429,7 @@ impl Driver {
                 .map_err(|e| RequestFailure::Io(e.to_string()))?;
         }
         let end = conn
-            .read(self.input_limit())
+            .read(serve::buffer_limit(&self.limits))
             .map_err(|e| RequestFailure::Io(e.to_string()))?;
         if !asking {
             // Pooled and idle: anything arriving (or a close) ends it.
@@ -541,11 +439,8 @@ impl Driver {
         match http::parse_response(&conn.inbuf, &self.limits) {
             Ok(Some((resp, used))) => {
                 conn.consume(used);
-                let keep = end == ReadEnd::WouldBlock
-                    && conn.inbuf.is_empty()
-                    && !resp
-                        .header("connection")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                let keep =
+                    end == ReadEnd::WouldBlock && conn.inbuf.is_empty() && serve::reusable(&resp);
                 let mut next = Next::Close;
                 if let Role::Ask { id, target, .. } = &mut conn.role {
                     if let Some(id) = id.take() {

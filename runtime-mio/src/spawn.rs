@@ -1,9 +1,10 @@
 //! A member on a thread of its own, for applications without a mio loop.
 
-use crate::endpoints::{ClusterView, cluster_view};
-use crate::{Driver, DriverConfig, DriverStats, Error};
+use crate::Driver;
 use bytes::Bytes;
 use hybridcast_core::{CommandError, Event, Stats};
+use hybridcast_runtime::endpoints::{ClusterView, cluster_view};
+use hybridcast_runtime::{Error, RuntimeConfig, RuntimeStats};
 use mio::{Events, Poll, Token, Waker};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ enum Command {
     Unbind(String, SyncSender<Result<bool, CommandError>>),
     Publish(String, Bytes, SyncSender<Result<u64, CommandError>>),
     View(SyncSender<ClusterView>),
-    Stats(SyncSender<(Stats, DriverStats)>),
+    Stats(SyncSender<(Stats, RuntimeStats)>),
     Shutdown,
     Crash,
 }
@@ -41,7 +42,7 @@ pub struct NodeHandle {
 }
 
 /// Starts a member on its own thread with its own `Poll`.
-pub fn spawn(config: DriverConfig) -> Result<NodeHandle, Error> {
+pub fn spawn(config: RuntimeConfig) -> Result<NodeHandle, Error> {
     let io = |what: &'static str| move |source: std::io::Error| Error::Io { what, source };
     let mut driver = Driver::new(config)?;
     let poll = Poll::new().map_err(io("creating the poll"))?;
@@ -190,7 +191,7 @@ impl NodeHandle {
     }
 
     /// The core's and the runtime's counters.
-    pub fn stats(&self) -> Result<(Stats, DriverStats), Stopped> {
+    pub fn stats(&self) -> Result<(Stats, RuntimeStats), Stopped> {
         self.call(Command::Stats)
     }
 

@@ -2,7 +2,7 @@
 //! test on its own group port).
 
 use hybridcast_mio::core::{Config, Event};
-use hybridcast_mio::{Driver, DriverConfig};
+use hybridcast_mio::{Driver, RuntimeConfig};
 use mio::{Events, Poll, Token};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ struct Loop {
     group: SocketAddrV4,
 }
 
-fn config(group: SocketAddrV4, name: &str) -> DriverConfig {
-    let mut c = DriverConfig::new("loopback-test", name);
+fn config(group: SocketAddrV4, name: &str) -> RuntimeConfig {
+    let mut c = RuntimeConfig::new("loopback-test", name);
     c.group = group;
     c.core = Config {
         heartbeat_interval: Duration::from_millis(100),
@@ -37,7 +37,7 @@ impl Loop {
         }
     }
 
-    fn add_with(&mut self, cfg: DriverConfig) -> usize {
+    fn add_with(&mut self, cfg: RuntimeConfig) -> usize {
         let mut d = Driver::new(cfg).expect("driver");
         let base = self.bases.last().map_or(0, |b| b + 1000);
         d.register(self.poll.registry(), Token(base))

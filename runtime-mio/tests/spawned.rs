@@ -2,12 +2,12 @@
 //! state dump, and a graceful leave.
 
 use hybridcast_mio::core::{Config, Event};
-use hybridcast_mio::{DriverConfig, NodeHandle, spawn};
+use hybridcast_mio::{NodeHandle, RuntimeConfig, spawn};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 fn member(port: u16, name: &str) -> NodeHandle {
-    let mut c = DriverConfig::new("spawn-test", name);
+    let mut c = RuntimeConfig::new("spawn-test", name);
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), port);
     c.core = Config {
         heartbeat_interval: Duration::from_millis(100),
@@ -90,7 +90,7 @@ fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[test]
 fn whoami_and_metrics_are_served() {
-    let mut c = DriverConfig::new("spawn-test", "web/3");
+    let mut c = RuntimeConfig::new("spawn-test", "web/3");
     c.clone = Some(("web".into(), 3));
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_302);
     let h = spawn(c).expect("spawn");
@@ -117,7 +117,7 @@ fn whoami_and_metrics_are_served() {
 #[test]
 fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
     use std::io::Read;
-    let mut c = DriverConfig::new("spawn-test", "limited");
+    let mut c = RuntimeConfig::new("spawn-test", "limited");
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_303);
     c.max_connections = 4;
     c.idle_timeout = Duration::from_millis(300);
@@ -142,7 +142,7 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
 #[test]
 fn a_large_request_body_is_refused_at_once() {
     use std::io::{Read, Write};
-    let mut c = DriverConfig::new("spawn-test", "bodies");
+    let mut c = RuntimeConfig::new("spawn-test", "bodies");
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_304);
     let h = spawn(c).expect("spawn");
     let mut s = std::net::TcpStream::connect(h.http_addr()).expect("connect");

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use hybridcast_mio::core::{Config, Event, Identity};
 use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
-use hybridcast_mio::{DEFAULT_GROUP, DriverConfig, NodeHandle, spawn};
+use hybridcast_mio::{DEFAULT_GROUP, NodeHandle, RuntimeConfig, spawn};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
@@ -119,7 +119,7 @@ fn node(a: NodeArgs) -> Result<ExitCode, String> {
         (None, Some(g), Some(i)) => Identity::clone_name(g, i),
         _ => return Err("give --name, or --clone-group with --clone-index".into()),
     };
-    let mut cfg = DriverConfig::new(&a.cluster, &name);
+    let mut cfg = RuntimeConfig::new(&a.cluster, &name);
     cfg.clone = a.clone_group.clone().zip(a.clone_index);
     cfg.group = a.group;
     cfg.interface = a.interface;
@@ -228,7 +228,7 @@ struct Demo {
 
 impl Demo {
     fn start(&mut self, name: &str, drop_rate: f64) -> Result<(), String> {
-        let mut cfg = DriverConfig::new("demo", name);
+        let mut cfg = RuntimeConfig::new("demo", name);
         cfg.group = self.group;
         cfg.receive_drop_rate = drop_rate;
         cfg.core = Config {

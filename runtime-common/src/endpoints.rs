@@ -1,7 +1,7 @@
 //! The runtime's own HTTP endpoints beside the protocol's: the cluster view as JSON,
 //! Prometheus metrics, and who this member is.
 
-use crate::DriverStats;
+use crate::RuntimeStats;
 use hybridcast_core::http::{self, HttpLimits, Request, Response};
 use hybridcast_core::{Channel, Node, Stats};
 use serde::{Deserialize, Serialize};
@@ -133,7 +133,7 @@ pub fn json<T: Serialize>(value: &T) -> Response {
 }
 
 /// The Prometheus text exposition of the core's and the runtime's counters.
-pub fn metrics(s: &Stats, d: &DriverStats) -> Response {
+pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     let mut o = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP hybridcast_{name} {help}");

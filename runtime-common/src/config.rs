@@ -9,10 +9,12 @@ use std::time::Duration;
 /// never leaves the site.
 pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 72, 67), 45_892);
 
-/// Everything a runtime member needs. `DriverConfig::new(cluster, name)` gives safe defaults:
-/// loopback interface, a scoped group, TTL 1, an ephemeral HTTP port on loopback.
+/// Everything a runtime member needs, whichever runtime runs it.
+///
+/// `RuntimeConfig::new(cluster, name)` gives safe defaults: loopback interface, a scoped
+/// group, TTL 1, an ephemeral HTTP port on loopback.
 #[derive(Debug, Clone)]
-pub struct DriverConfig {
+pub struct RuntimeConfig {
     /// Cluster name (members of other clusters are ignored).
     pub cluster: String,
     /// Member name, unique in the cluster.
@@ -49,10 +51,10 @@ pub struct DriverConfig {
     pub seed: Option<u64>,
 }
 
-impl DriverConfig {
+impl RuntimeConfig {
     /// Defaults for member `name` of `cluster`.
     pub fn new(cluster: &str, name: &str) -> Self {
-        DriverConfig {
+        RuntimeConfig {
             cluster: cluster.to_owned(),
             name: name.to_owned(),
             clone: None,

@@ -1,0 +1,169 @@
+//! # hybridcast-runtime
+//!
+//! What the hybridcast runtimes (`hybridcast-mio`, `hybridcast-smol`) share beyond the pure
+//! core, kept in one place so the two cannot drift apart, and usable by anyone writing a
+//! third runtime:
+//!
+//! - [`RuntimeConfig`]: who the member is, where it talks, the runtime's own bounds.
+//! - [`prepare`]: the sockets (built with socket2, see [`socket`]) and the core node, from a
+//!   config: what a runtime wraps in its own socket types and drives.
+//! - [`serve`]: the served side of HTTP connections — framing requests out of the bytes read,
+//!   answering them (the runtime's endpoints, else the protocol's), keep-alive — and the
+//!   limits both sides of a connection use.
+//! - [`endpoints`]: `/hybridcast/v1/cluster`, `/hybridcast/v1/whoami` and `/metrics`.
+//!
+//! Nothing here waits: reading and writing sockets is the runtime's business.
+
+mod config;
+pub mod endpoints;
+pub mod serve;
+pub mod socket;
+
+pub use config::{DEFAULT_GROUP, RuntimeConfig};
+pub use hybridcast_core as core;
+
+use endpoints::WhoAmI;
+use hybridcast_core::ids::{Rng, stable_hash};
+use hybridcast_core::{Identity, Node};
+use std::io;
+use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Why a runtime member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A runtime setting is invalid.
+    #[error("invalid {field}: {reason}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The core refused its configuration or the identity.
+    #[error(transparent)]
+    Core(#[from] hybridcast_core::ConfigError),
+    /// A socket could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] maker for `map_err`.
+    pub fn io(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { what, source }
+    }
+}
+
+/// Counters of a runtime itself (the core's are in [`hybridcast_core::Stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Group datagrams dropped on purpose by `receive_drop_rate`.
+    pub injected_drops: u64,
+    /// Group datagrams dropped because the socket stayed full.
+    pub send_drops: u64,
+    /// HTTP connections refused or requests failed at the connection limit.
+    pub connections_refused: u64,
+    /// HTTP connections closed for idling, or requests given up, at their deadline.
+    pub connections_timed_out: u64,
+}
+
+/// A member ready to be driven: its sockets (non-blocking, not yet registered with any
+/// reactor) and its core node.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The core state machine.
+    pub node: Node,
+    /// The multicast socket, joined to the group.
+    pub udp: UdpSocket,
+    /// The HTTP listener.
+    pub listener: TcpListener,
+    /// Who the member is, for `/hybridcast/v1/whoami`.
+    pub whoami: WhoAmI,
+    /// The demo/test receive-side drop injection.
+    pub drops: ReceiveDrops,
+    /// The config it was built from (with `incarnation` and `seed` filled in).
+    pub config: RuntimeConfig,
+}
+
+/// Validates `cfg`, opens the sockets and builds the node at `now`.
+///
+/// The incarnation defaults to the wall clock in milliseconds (so a restart always gets a
+/// higher one), the host id to the `HOSTNAME` variable or the interface address, and the
+/// seed to a hash of name and incarnation. An HTTP address on the unspecified address is
+/// advertised as the interface's, which peers can reach.
+pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> {
+    cfg.validate()?;
+    let listener = socket::listener(cfg.http).map_err(Error::io("binding the HTTP listener"))?;
+    let mut http_addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the HTTP address"))?;
+    if http_addr.ip().is_unspecified() {
+        http_addr.set_ip(IpAddr::V4(cfg.interface));
+    }
+    let udp = socket::multicast(cfg.group, cfg.interface, cfg.ttl)
+        .map_err(Error::io("joining the multicast group"))?;
+    let incarnation = *cfg.incarnation.get_or_insert_with(|| {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis());
+        u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+    });
+    let mut identity = Identity::new(&cfg.cluster, &cfg.name, incarnation, http_addr);
+    identity.host_id = cfg
+        .host_id
+        .clone()
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| cfg.interface.to_string()));
+    let seed = *cfg
+        .seed
+        .get_or_insert_with(|| stable_hash(&[cfg.name.as_bytes(), &incarnation.to_be_bytes()]));
+    let whoami = WhoAmI {
+        cluster: cfg.cluster.clone(),
+        group: cfg.clone.as_ref().map(|c| c.0.clone()),
+        clone_index: cfg.clone.as_ref().map(|c| c.1),
+        name: cfg.name.clone(),
+        host: identity.host_id.clone(),
+        incarnation,
+    };
+    let node = Node::new(cfg.core.clone(), identity, now, seed)?;
+    Ok(Prepared {
+        node,
+        udp,
+        listener,
+        whoami,
+        drops: ReceiveDrops::new(cfg.receive_drop_rate, seed),
+        config: cfg,
+    })
+}
+
+/// The receive-side drop injection of [`RuntimeConfig::receive_drop_rate`], for demos and
+/// tests: seeded, so a run's pattern of drops depends only on the seed and the traffic.
+#[derive(Debug, Clone)]
+pub struct ReceiveDrops {
+    rate: f64,
+    rng: Rng,
+}
+
+impl ReceiveDrops {
+    /// Drops a share `rate` of datagrams, drawn from a generator seeded with `seed`.
+    pub fn new(rate: f64, seed: u64) -> Self {
+        ReceiveDrops {
+            rate,
+            rng: Rng::new(seed ^ 0xd20b),
+        }
+    }
+
+    /// True if the next received datagram is to be dropped (and counted in `stats`).
+    pub fn drop_next(&mut self, stats: &mut RuntimeStats) -> bool {
+        let drop = self.rate > 0.0 && self.rng.unit() < self.rate;
+        if drop {
+            stats.injected_drops += 1;
+        }
+        drop
+    }
+}
