@@ -1,6 +1,7 @@
 //! The served side of an HTTP connection, and the buffer limits of both sides, shared by the
 //! runtimes. Parsing and the protocol's answers come from core; the runtime reads bytes into
-//! a buffer, calls [`next_answer`] until it yields nothing, and writes what it returned.
+//! a buffer, takes requests out with [`next_request`] (or [`next_answer`]) until it yields
+//! nothing, and writes the answers.
 
 use crate::RuntimeStats;
 use crate::endpoints::{self, WhoAmI};
@@ -38,35 +39,58 @@ pub struct Answer {
     pub close: bool,
 }
 
-/// Takes the next complete request out of `inbuf` and answers it with `answer`; `None` when
-/// more bytes are needed. A request that is malformed or over `limits` gets its error
-/// response, the buffer is discarded and the connection is to close.
+/// What the bytes buffered on a served connection hold next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// A complete request, taken out of the buffer: answer it, then [`respond`].
+    Request(Request),
+    /// A request that is malformed or over the limits: write this error answer and close (the
+    /// buffer was discarded: the rest of the stream cannot be framed).
+    Reject(Answer),
+}
+
+/// Takes the next complete request out of `inbuf`; `None` when more bytes are needed.
+pub fn next_request(inbuf: &mut Vec<u8>, limits: &HttpLimits) -> Option<Served> {
+    match http::parse_request(inbuf, limits) {
+        Ok(Some((req, used))) => {
+            inbuf.drain(..used);
+            Some(Served::Request(req))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            inbuf.clear();
+            Some(Served::Reject(Answer {
+                bytes: e.to_response().encode(),
+                close: true,
+            }))
+        }
+    }
+}
+
+/// Encodes `resp` as the answer to `req`, closing after it when the client asked to.
+pub fn respond(req: &Request, mut resp: Response) -> Answer {
+    let close = !req.keep_alive();
+    if close {
+        resp.headers.push(("connection".into(), "close".into()));
+    }
+    Answer {
+        bytes: resp.encode(),
+        close,
+    }
+}
+
+/// [`next_request`] and [`respond`] together, for a runtime that can answer on the spot.
 pub fn next_answer(
     inbuf: &mut Vec<u8>,
     limits: &HttpLimits,
     answer: impl FnOnce(&Request) -> Response,
 ) -> Option<Answer> {
-    match http::parse_request(inbuf, limits) {
-        Ok(Some((req, used))) => {
-            inbuf.drain(..used);
-            let mut resp = answer(&req);
-            let close = !req.keep_alive();
-            if close {
-                resp.headers.push(("connection".into(), "close".into()));
-            }
-            Some(Answer {
-                bytes: resp.encode(),
-                close,
-            })
+    match next_request(inbuf, limits)? {
+        Served::Request(req) => {
+            let resp = answer(&req);
+            Some(respond(&req, resp))
         }
-        Ok(None) => None,
-        Err(e) => {
-            inbuf.clear();
-            Some(Answer {
-                bytes: e.to_response().encode(),
-                close: true,
-            })
-        }
+        Served::Reject(a) => Some(a),
     }
 }
 

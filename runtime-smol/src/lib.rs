@@ -1,6 +1,189 @@
 //! # hybridcast-smol
 //!
-//! The smol/async-io runtime of hybridcast. Not written yet; this crate is a placeholder so the
-//! workspace layout is in place. See the project README for what exists today.
+//! The smol/async-io runtime of hybridcast: an async member on real UDP multicast and TCP/HTTP
+//! sockets, driving a [`hybridcast_core::Node`]. It speaks the same wire protocol as the mio
+//! runtime (`hybridcast-mio`), and members of both kinds form one cluster.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hybridcast_smol::Error> {
+//! use futures_lite::StreamExt;
+//! use hybridcast_smol::{Node, RuntimeConfig};
+//!
+//! let node = Node::start(RuntimeConfig::new("shop", "web-1")).await?;
+//! node.bind("checkout", "http://10.0.0.7:8080").await.ok();
+//! let mut events = node.events();
+//! while let Some(event) = events.next().await {
+//!     println!("{event:?}");
+//! }
+//! node.leave().await;
+//! # Ok(()) }
+//! ```
+//!
+//! One task (the driver) owns the core node: it receives group datagrams, sends what the
+//! node queues, re-arms an [`async_io::Timer`] from `poll_timeout`, carries out commands and
+//! forwards events. HTTP connections, served and requested, run in tasks of their own and
+//! talk to the driver through bounded channels; they share one connection limit. Tasks run on
+//! smol's global executor. Sockets are built by `hybridcast-runtime` with the same options as
+//! the mio runtime's, and the same endpoints are served (`/hybridcast/v1/cluster`,
+//! `/hybridcast/v1/whoami`, `/metrics`).
+
+mod driver;
+mod http;
 
 pub use hybridcast_core as core;
+pub use hybridcast_runtime::{
+    DEFAULT_GROUP, Error, RuntimeConfig, RuntimeStats, endpoints, serve::MAX_REQUEST_BODY,
+};
+
+use bytes::Bytes;
+use driver::Command;
+use futures_lite::Stream;
+use hybridcast_core::{CommandError, Event, Stats};
+use hybridcast_runtime::endpoints::ClusterView;
+use smol::Task;
+use smol::channel::{self, Receiver, Sender};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Commands waiting for the driver; a caller waits while this many do.
+pub const COMMAND_QUEUE: usize = 1024;
+/// Events waiting for the owner. When the owner falls this far behind, the driver stops
+/// draining the node, whose own backlog policy then applies (new data is refused and
+/// recovered later; only membership events beyond `max_queued_events` waiting are dropped).
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// The member's driver has stopped (it was shut down, or its multicast socket failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the member's driver has stopped")]
+pub struct Stopped;
+
+/// A running member. Dropping it makes the member leave in the background; [`Node::leave`]
+/// does the same and waits for it.
+pub struct Node {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    task: Option<Task<()>>,
+    http_addr: SocketAddr,
+}
+
+impl Node {
+    /// Opens the sockets, builds the node (validating the configuration) and starts its
+    /// driver on smol's global executor.
+    pub async fn start(config: RuntimeConfig) -> Result<Node, Error> {
+        let (commands, inbox) = channel::bounded(COMMAND_QUEUE);
+        let (outbox, events) = channel::bounded(EVENT_QUEUE);
+        let driver = driver::Driver::new(config, outbox)?;
+        let http_addr = driver.http_addr();
+        let task = smol::spawn(driver.run(inbox));
+        Ok(Node {
+            commands,
+            events,
+            task: Some(task),
+            http_addr,
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (tx, rx) = channel::bounded(1);
+        self.commands.send(make(tx)).await.map_err(|_| Stopped)?;
+        rx.recv().await.map_err(|_| Stopped)
+    }
+
+    /// Where the member serves HTTP (its cluster view, metrics, the protocol's exchanges).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Offers `name = value` to the cluster. Commands issued together share datagrams.
+    pub async fn bind(&self, name: &str, value: &str) -> Result<Result<(), CommandError>, Stopped> {
+        self.call(|r| Command::Bind(name.to_owned(), value.to_owned(), r))
+            .await
+    }
+
+    /// Withdraws the offer `name`; true if it was offered.
+    pub async fn unbind(&self, name: &str) -> Result<Result<bool, CommandError>, Stopped> {
+        self.call(|r| Command::Unbind(name.to_owned(), r)).await
+    }
+
+    /// Publishes `payload` on `topic`; returns its sequence number.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Result<u64, CommandError>, Stopped> {
+        let payload = payload.into();
+        self.call(|r| Command::Publish(topic.to_owned(), payload, r))
+            .await
+    }
+
+    /// A snapshot of the member's view of the cluster.
+    pub async fn view(&self) -> Result<ClusterView, Stopped> {
+        self.call(Command::View).await
+    }
+
+    /// The core's and the runtime's counters.
+    pub async fn stats(&self) -> Result<(Stats, RuntimeStats), Stopped> {
+        self.call(Command::Stats).await
+    }
+
+    /// The member's events, in order, as a `Stream` (bounded: see [`EVENT_QUEUE`]). Every
+    /// call returns a handle on the same queue: an event goes to one of them.
+    pub fn events(&self) -> Events {
+        Events(Box::pin(self.events.clone()))
+    }
+
+    /// Leaves the cluster (the Leave datagram goes out), closes the sockets and waits for
+    /// the driver to end.
+    pub async fn leave(mut self) {
+        self.stop(Command::Leave).await;
+    }
+
+    /// Stops the member without a Leave, as if its process died: the others detect it by
+    /// missing heartbeats and a failed probe. For demos and tests.
+    pub async fn crash(mut self) {
+        self.stop(Command::Crash).await;
+    }
+
+    async fn stop(&mut self, how: Command) {
+        if let Some(task) = self.task.take() {
+            // If the driver already stopped, the send fails and the task is done anyway.
+            let _ = self.commands.send(how).await;
+            task.await;
+        }
+    }
+}
+
+/// A member's events, in order: a `Stream` (and `Unpin`, so `StreamExt::next` works on it
+/// directly). It ends when the member has stopped and every event was taken.
+pub struct Events(Pin<Box<Receiver<Event>>>);
+
+impl Events {
+    /// The next event, waiting for one; `None` once the member has stopped and every event
+    /// was taken.
+    pub async fn recv(&self) -> Option<Event> {
+        self.0.recv().await.ok()
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The closed command queue makes the driver leave; let it finish on its own.
+        if let Some(task) = self.task.take() {
+            task.detach();
+        }
+    }
+}

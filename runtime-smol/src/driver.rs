@@ -1,0 +1,293 @@
+//! The driver task: the only owner of the core node.
+
+use crate::http::{self, Client, Msg, Shared};
+use bytes::Bytes;
+use futures_lite::future;
+use hybridcast_core::{CommandError, Event, Node, RequestId, Stats, Transmit};
+use hybridcast_runtime::endpoints::{ClusterView, WhoAmI, cluster_view};
+use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, serve};
+use smol::Async;
+use smol::channel::{self, Receiver, Sender, TrySendError};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Group datagrams waiting for a full socket to drain; more are dropped (and counted): the
+/// protocol recovers them like lost ones.
+const MAX_PENDING_SENDS: usize = 1024;
+/// Datagrams taken per wake-up before the driver looks at its other sources.
+const BATCH: usize = 256;
+/// Messages from connection tasks waiting for the driver.
+const INBOX: usize = 1024;
+/// How soon the driver looks again at an owner whose event queue was full.
+const EVENTS_RECHECK: Duration = Duration::from_millis(20);
+
+pub(crate) enum Command {
+    Bind(String, String, Sender<Result<(), CommandError>>),
+    Unbind(String, Sender<Result<bool, CommandError>>),
+    Publish(String, Bytes, Sender<Result<u64, CommandError>>),
+    View(Sender<ClusterView>),
+    Stats(Sender<(Stats, RuntimeStats)>),
+    Leave,
+    Crash,
+}
+
+pub(crate) struct Driver {
+    node: Node,
+    udp: Async<UdpSocket>,
+    listener: Option<TcpListener>,
+    group: SocketAddr,
+    sends: VecDeque<Bytes>,
+    drops: ReceiveDrops,
+    whoami: WhoAmI,
+    shared: Arc<Shared>,
+    client: Client,
+    outbox: Sender<Event>,
+    held: Option<Event>,
+    buf: Vec<u8>,
+}
+
+/// What woke the driver.
+enum Wake {
+    Datagram,
+    Writable,
+    Command(Option<Command>),
+    Msg(Msg),
+    Timer,
+}
+
+impl Driver {
+    pub fn new(cfg: RuntimeConfig, outbox: Sender<Event>) -> Result<Driver, Error> {
+        let p = hybridcast_runtime::prepare(cfg, Instant::now())?;
+        let udp = Async::new(p.udp).map_err(Error::io("registering the multicast socket"))?;
+        let shared = Arc::new(Shared::new(&p.config));
+        Ok(Driver {
+            node: p.node,
+            udp,
+            listener: Some(p.listener),
+            group: p.config.group.into(),
+            sends: VecDeque::new(),
+            drops: p.drops,
+            whoami: p.whoami,
+            client: Client::new(shared.clone()),
+            shared,
+            outbox,
+            held: None,
+            buf: vec![0; 65_536],
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.node.identity().http_addr
+    }
+
+    /// Runs until a leave, a crash, a dropped handle or a failed multicast socket.
+    pub async fn run(mut self, commands: Receiver<Command>) {
+        let (to_driver, inbox) = channel::bounded(INBOX);
+        // Every connection task stops when this sender is dropped, i.e. when `run` returns.
+        let (_stop, stopped) = channel::bounded::<()>(1);
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        match Async::new(listener) {
+            Ok(l) => {
+                smol::spawn(http::accept(
+                    l,
+                    self.shared.clone(),
+                    to_driver.clone(),
+                    stopped.clone(),
+                ))
+                .detach();
+            }
+            Err(e) => tracing::error!("cannot serve HTTP, member stops: {e}"),
+        }
+        self.client.start(to_driver, stopped);
+        self.pump(Instant::now());
+        loop {
+            let wake = self.wait(&commands, &inbox).await;
+            let now = Instant::now();
+            match wake {
+                Wake::Datagram => {
+                    if let Err(e) = self.receive(now) {
+                        tracing::error!("multicast receive failed, member stops: {e}");
+                        return;
+                    }
+                }
+                Wake::Writable => self.flush_sends(),
+                Wake::Command(first) => {
+                    // Commands already waiting join this tick and share its datagrams.
+                    let mut next = first;
+                    loop {
+                        match next {
+                            None | Some(Command::Leave) => {
+                                self.node.leave();
+                                self.pump(now);
+                                return;
+                            }
+                            Some(Command::Crash) => return,
+                            Some(c) => self.obey(c),
+                        }
+                        let Ok(c) = commands.try_recv() else {
+                            break;
+                        };
+                        next = Some(c);
+                    }
+                }
+                Wake::Msg(m) => self.handle(m, now),
+                Wake::Timer => {}
+            }
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.pump(now);
+        }
+    }
+
+    /// Waits for the first of: a datagram, room to send, a command, a message from a
+    /// connection task, the node's deadline.
+    async fn wait(&self, commands: &Receiver<Command>, inbox: &Receiver<Msg>) -> Wake {
+        let deadline = match (self.node.poll_timeout(), self.held.is_some()) {
+            (d, true) => Some(d.map_or(Instant::now() + EVENTS_RECHECK, |d| {
+                d.min(Instant::now() + EVENTS_RECHECK)
+            })),
+            (d, false) => d,
+        };
+        let timer = async {
+            match deadline {
+                Some(d) => async_io::Timer::at(d).await,
+                None => async_io::Timer::never().await,
+            };
+            Wake::Timer
+        };
+        let readable = async {
+            // An error shows again on the receive that follows.
+            let _ = self.udp.readable().await;
+            Wake::Datagram
+        };
+        let writable = async {
+            if self.sends.is_empty() {
+                future::pending::<()>().await;
+            }
+            let _ = self.udp.writable().await;
+            Wake::Writable
+        };
+        let command = async { Wake::Command(commands.recv().await.ok()) };
+        let msg = async {
+            match inbox.recv().await {
+                Ok(m) => Wake::Msg(m),
+                Err(_) => future::pending().await,
+            }
+        };
+        future::race(
+            future::race(readable, command),
+            future::race(msg, future::race(timer, writable)),
+        )
+        .await
+    }
+
+    /// Takes up to [`BATCH`] datagrams that are ready.
+    fn receive(&mut self, now: Instant) -> io::Result<()> {
+        for _ in 0..BATCH {
+            match self.udp.get_ref().recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    if self.drops.drop_next(&mut self.shared.stats()) {
+                        continue;
+                    }
+                    let datagram = Bytes::copy_from_slice(&self.buf[..n]);
+                    self.node.handle_datagram(now, from, datagram);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn obey(&mut self, c: Command) {
+        // A caller that stopped waiting for the answer is no reason to stop.
+        match c {
+            Command::Bind(n, v, reply) => drop(reply.try_send(self.node.bind(&n, &v))),
+            Command::Unbind(n, reply) => drop(reply.try_send(self.node.unbind(&n))),
+            Command::Publish(t, p, reply) => drop(reply.try_send(self.node.publish(&t, p))),
+            Command::View(reply) => drop(reply.try_send(cluster_view(&self.node))),
+            Command::Stats(reply) => {
+                let runtime = self.shared.stats().clone();
+                drop(reply.try_send((self.node.stats(), runtime)))
+            }
+            Command::Leave | Command::Crash => {}
+        }
+    }
+
+    fn handle(&mut self, m: Msg, now: Instant) {
+        match m {
+            Msg::Serve(req, reply) => {
+                let stats = self.shared.stats().clone();
+                let resp = serve::answer(&mut self.node, &self.whoami, &stats, now, &req);
+                drop(reply.try_send(serve::respond(&req, resp)));
+            }
+            Msg::Answered(id, result) => self.node.handle_http_response(now, id, result),
+        }
+    }
+
+    /// Sends what the node queued, starts the requests it asked for, forwards its events.
+    fn pump(&mut self, now: Instant) {
+        while let Some(t) = self.node.poll_transmit() {
+            match t {
+                Transmit::Group(d) => self.send(d),
+                Transmit::Request { id, to, request } => self.ask(now, id, to, request),
+            }
+        }
+        loop {
+            let Some(e) = self.held.take().or_else(|| self.node.poll_event()) else {
+                break;
+            };
+            match self.outbox.try_send(e) {
+                Ok(()) => {}
+                Err(TrySendError::Full(e)) => {
+                    self.held = Some(e);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    fn ask(&mut self, now: Instant, id: RequestId, to: SocketAddr, request: Bytes) {
+        if let Err(failure) = self.client.ask(id, to, request) {
+            self.node.handle_http_response(now, id, Err(failure));
+        }
+    }
+
+    fn send(&mut self, datagram: Bytes) {
+        if self.sends.is_empty() {
+            match self.udp.get_ref().send_to(&datagram, self.group) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!("multicast send failed: {e}");
+                    self.shared.stats().send_drops += 1;
+                    return;
+                }
+            }
+        }
+        if self.sends.len() < MAX_PENDING_SENDS {
+            self.sends.push_back(datagram);
+        } else {
+            self.shared.stats().send_drops += 1;
+        }
+    }
+
+    fn flush_sends(&mut self) {
+        while let Some(d) = self.sends.front() {
+            match self.udp.get_ref().send_to(d, self.group) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.shared.stats().send_drops += 1,
+            }
+            self.sends.pop_front();
+        }
+    }
+}

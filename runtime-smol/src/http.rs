@@ -1,0 +1,326 @@
+//! HTTP connections in tasks of their own: the server (accept, then one task per connection)
+//! and the client (one task per request the node asks for, over a keep-alive pool). Framing,
+//! limits and answers come from `hybridcast-runtime` and core; the driver answers requests
+//! and hears how each of its own ended, through bounded channels.
+
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use hybridcast_core::http::{self as core_http, HttpLimits, Request, Response};
+use hybridcast_core::{RequestFailure, RequestId};
+use hybridcast_runtime::serve::{self, Answer, Served};
+use hybridcast_runtime::{RuntimeConfig, RuntimeStats};
+use smol::Async;
+use smol::channel::{self, Receiver, Sender};
+use smol::lock::{Semaphore, SemaphoreGuardArc};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A message from a connection task to the driver.
+pub(crate) enum Msg {
+    /// A request served on an accepted connection, waiting for its answer.
+    Serve(Request, Sender<Answer>),
+    /// How a request of the node ended.
+    Answered(RequestId, Result<Response, RequestFailure>),
+}
+
+/// What the driver and its connection tasks share.
+pub(crate) struct Shared {
+    /// One permit per open connection, served and requested together.
+    permits: Arc<Semaphore>,
+    stats: Mutex<RuntimeStats>,
+    limits: HttpLimits,
+    idle_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl Shared {
+    pub fn new(cfg: &RuntimeConfig) -> Shared {
+        Shared {
+            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            stats: Mutex::new(RuntimeStats::default()),
+            limits: cfg.core.http,
+            idle_timeout: cfg.idle_timeout,
+            request_timeout: cfg.core.request_timeout,
+        }
+    }
+
+    /// The runtime's counters (a panicked holder left them intact: they are plain counts).
+    pub fn stats(&self) -> MutexGuard<'_, RuntimeStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `f`, or `None` once `d` passes.
+async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
+    future::or(async { Some(f.await) }, async {
+        async_io::Timer::after(d).await;
+        None
+    })
+    .await
+}
+
+/// Runs `f` until it ends or the driver stops (its stop sender is dropped).
+async fn until_stopped(stopped: Receiver<()>, f: impl Future<Output = ()>) {
+    future::or(f, async {
+        let _ = stopped.recv().await;
+    })
+    .await
+}
+
+// ----- the server -----
+
+/// Accepts connections until the driver stops; one beyond the limit is closed at once.
+pub(crate) async fn accept(
+    listener: Async<TcpListener>,
+    shared: Arc<Shared>,
+    to_driver: Sender<Msg>,
+    stopped: Receiver<()>,
+) {
+    let serving = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let Some(permit) = shared.permits.try_acquire_arc() else {
+                        shared.stats().connections_refused += 1;
+                        continue;
+                    };
+                    let conn = serve_conn(stream, permit, shared.clone(), to_driver.clone());
+                    smol::spawn(until_stopped(stopped.clone(), conn)).detach();
+                }
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::debug!("accept failed: {e}");
+                    async_io::Timer::after(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    until_stopped(stopped.clone(), serving).await;
+}
+
+/// Serves requests on one connection, one at a time, until it closes, idles past the idle
+/// timeout, asks to close, or sends something that cannot be framed.
+async fn serve_conn(
+    mut stream: Async<TcpStream>,
+    _permit: SemaphoreGuardArc,
+    shared: Arc<Shared>,
+    to_driver: Sender<Msg>,
+) {
+    let limits = serve::serve_limits(&shared.limits);
+    let cap = serve::buffer_limit(&limits);
+    let idle = shared.idle_timeout;
+    let mut inbuf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(served) = serve::next_request(&mut inbuf, &limits) {
+            let answer = match served {
+                Served::Request(req) => {
+                    let (tx, rx) = channel::bounded(1);
+                    if to_driver.send(Msg::Serve(req, tx)).await.is_err() {
+                        return;
+                    }
+                    let Ok(answer) = rx.recv().await else {
+                        return;
+                    };
+                    answer
+                }
+                Served::Reject(answer) => answer,
+            };
+            match within(idle, stream.write_all(&answer.bytes)).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return,
+                None => {
+                    shared.stats().connections_timed_out += 1;
+                    return;
+                }
+            }
+            if answer.close {
+                return;
+            }
+        }
+        // A full buffer always frames (as a request or a refusal): room is never 0 here.
+        let room = cap.saturating_sub(inbuf.len()).min(chunk.len());
+        if room == 0 {
+            return;
+        }
+        match within(idle, stream.read(&mut chunk[..room])).await {
+            Some(Ok(0)) | Some(Err(_)) => return,
+            Some(Ok(n)) => inbuf.extend_from_slice(&chunk[..n]),
+            None => {
+                shared.stats().connections_timed_out += 1;
+                return;
+            }
+        }
+    }
+}
+
+// ----- the client -----
+
+/// An idle connection kept for the next request to the same address.
+struct Pooled {
+    stream: Async<TcpStream>,
+    permit: SemaphoreGuardArc,
+    since: Instant,
+}
+
+type Pool = Arc<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>;
+
+/// Starts the node's requests, each in a task, reusing idle connections.
+pub(crate) struct Client {
+    shared: Arc<Shared>,
+    pool: Pool,
+    wiring: Option<(Sender<Msg>, Receiver<()>)>,
+}
+
+/// A connection to ask on: taken from the pool, or a permit to open one.
+enum Start {
+    Pooled(Pooled),
+    Fresh(SemaphoreGuardArc),
+}
+
+impl Client {
+    pub fn new(shared: Arc<Shared>) -> Client {
+        Client {
+            shared,
+            pool: Pool::default(),
+            wiring: None,
+        }
+    }
+
+    /// Where answers go, and the signal that ends the request tasks.
+    pub fn start(&mut self, to_driver: Sender<Msg>, stopped: Receiver<()>) {
+        self.wiring = Some((to_driver, stopped));
+    }
+
+    /// Starts request `id`; fails at once at the connection limit.
+    pub fn ask(
+        &mut self,
+        id: RequestId,
+        to: SocketAddr,
+        request: Bytes,
+    ) -> Result<(), RequestFailure> {
+        let Some((to_driver, stopped)) = self.wiring.clone() else {
+            return Err(RequestFailure::Connect("the runtime is not running".into()));
+        };
+        let start = match take_pooled(&self.pool, to, self.shared.idle_timeout) {
+            Some(p) => Start::Pooled(p),
+            None => match self.shared.permits.try_acquire_arc() {
+                Some(permit) => Start::Fresh(permit),
+                None => {
+                    self.shared.stats().connections_refused += 1;
+                    return Err(RequestFailure::Connect("connection limit reached".into()));
+                }
+            },
+        };
+        let (shared, pool) = (self.shared.clone(), self.pool.clone());
+        let task = async move {
+            let timeout = shared.request_timeout;
+            let result =
+                match within(timeout, request_on(start, &shared, &pool, to, &request)).await {
+                    Some(r) => r,
+                    None => {
+                        shared.stats().connections_timed_out += 1;
+                        Err(RequestFailure::Timeout)
+                    }
+                };
+            let _ = to_driver.send(Msg::Answered(id, result)).await;
+        };
+        smol::spawn(until_stopped(stopped, task)).detach();
+        Ok(())
+    }
+}
+
+/// Takes the most recently parked connection to `to` that has not idled too long; drops
+/// those that have (anywhere), releasing their permits.
+fn take_pooled(pool: &Pool, to: SocketAddr, idle: Duration) -> Option<Pooled> {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    for conns in pool.values_mut() {
+        conns.retain(|p| now.duration_since(p.since) < idle);
+    }
+    pool.retain(|_, conns| !conns.is_empty());
+    pool.get_mut(&to).and_then(Vec::pop)
+}
+
+/// Sends `request` and reads the answer; a pooled connection the peer had closed is replaced
+/// by a fresh one, once. A connection that may carry another request goes back to the pool.
+async fn request_on(
+    start: Start,
+    shared: &Shared,
+    pool: &Pool,
+    to: SocketAddr,
+    request: &[u8],
+) -> Result<Response, RequestFailure> {
+    let (stream, permit) = match start {
+        Start::Pooled(p) => match exchange(p.stream, request, &shared.limits).await {
+            Ok((resp, kept)) => {
+                park(pool, to, kept, p.permit);
+                return Ok(resp);
+            }
+            // A stale pooled connection: try once on a fresh one (with its permit).
+            Err(RequestFailure::Io(_)) => (connect(to).await?, p.permit),
+            Err(e) => return Err(e),
+        },
+        Start::Fresh(permit) => (connect(to).await?, permit),
+    };
+    let (resp, kept) = exchange(stream, request, &shared.limits).await?;
+    park(pool, to, kept, permit);
+    Ok(resp)
+}
+
+async fn connect(to: SocketAddr) -> Result<Async<TcpStream>, RequestFailure> {
+    Async::<TcpStream>::connect(to)
+        .await
+        .map_err(|e| RequestFailure::Connect(e.to_string()))
+}
+
+fn park(pool: &Pool, to: SocketAddr, kept: Option<Async<TcpStream>>, permit: SemaphoreGuardArc) {
+    if let Some(stream) = kept {
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.entry(to).or_default().push(Pooled {
+            stream,
+            permit,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// One request and its answer on `stream`; the stream comes back if it can carry another.
+async fn exchange(
+    mut stream: Async<TcpStream>,
+    request: &[u8],
+    limits: &HttpLimits,
+) -> Result<(Response, Option<Async<TcpStream>>), RequestFailure> {
+    let io = |e: std::io::Error| RequestFailure::Io(e.to_string());
+    stream.write_all(request).await.map_err(io)?;
+    let cap = serve::buffer_limit(limits);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match core_http::parse_response(&buf, limits) {
+            Ok(Some((resp, used))) => {
+                let keep = used == buf.len() && serve::reusable(&resp);
+                return Ok((resp, keep.then_some(stream)));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(RequestFailure::InvalidResponse(e.to_string())),
+        }
+        // The parser refuses a message over the limits before the buffer is full.
+        let room = cap.saturating_sub(buf.len()).min(chunk.len());
+        if room == 0 {
+            return Err(RequestFailure::InvalidResponse(
+                "answer over the limits".into(),
+            ));
+        }
+        let n = stream.read(&mut chunk[..room]).await.map_err(io)?;
+        if n == 0 {
+            return Err(RequestFailure::Io(
+                "connection closed before a full response".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
