@@ -11,6 +11,8 @@
 //! - hybridcast: an embedded driver publishes messages of the size in batches of 64 (one
 //!   tick each, so small messages share datagrams), two spawned members count deliveries;
 //!   the time runs from the first publish to the last delivery, loss recovery included.
+//! - The same with two smol members (`hybridcast-smol`) receiving, for the ratio of the
+//!   async runtime's receive path to the mio one's.
 
 use hybridcast_mio::core::{Config, Event};
 use hybridcast_mio::{Driver, NodeHandle, RuntimeConfig, socket, spawn};
@@ -85,7 +87,59 @@ fn member_config(group: SocketAddrV4, name: &str) -> RuntimeConfig {
     c
 }
 
-fn counter(h: NodeHandle, count: usize) -> std::thread::JoinHandle<(u64, Duration)> {
+/// Which runtime the receiving members run on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    Mio,
+    Smol,
+}
+
+fn counter(
+    runtime: Runtime,
+    group: SocketAddrV4,
+    name: String,
+    count: usize,
+) -> std::thread::JoinHandle<(u64, Duration)> {
+    match runtime {
+        Runtime::Mio => mio_counter(spawn(member_config(group, &name)).expect("receiver"), count),
+        Runtime::Smol => smol_counter(group, name, count),
+    }
+}
+
+fn smol_counter(
+    group: SocketAddrV4,
+    name: String,
+    count: usize,
+) -> std::thread::JoinHandle<(u64, Duration)> {
+    let node = smol::block_on(hybridcast_smol::Node::start(member_config(group, &name)))
+        .expect("receiver");
+    std::thread::spawn(move || {
+        smol::block_on(async {
+            let events = node.events();
+            let (mut n, mut first, mut last) = (0u64, None, Instant::now());
+            while n < count as u64 {
+                let next = futures_lite::future::or(events.recv(), async {
+                    async_io::Timer::after(Duration::from_secs(30)).await;
+                    None
+                });
+                match next.await {
+                    Some(Event::Message { .. }) => {
+                        first.get_or_insert_with(Instant::now);
+                        last = Instant::now();
+                        n += 1;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            let took = first.map_or(Duration::ZERO, |f| last - f);
+            node.leave().await;
+            (n, took)
+        })
+    })
+}
+
+fn mio_counter(h: NodeHandle, count: usize) -> std::thread::JoinHandle<(u64, Duration)> {
     std::thread::spawn(move || {
         let (mut n, mut first, mut last) = (0u64, None, Instant::now());
         while n < count as u64 {
@@ -105,9 +159,10 @@ fn counter(h: NodeHandle, count: usize) -> std::thread::JoinHandle<(u64, Duratio
     })
 }
 
-fn hybridcast(group: SocketAddrV4, size: usize, count: usize) -> Rate {
-    let receivers: Vec<NodeHandle> = (0..2)
-        .map(|i| spawn(member_config(group, &format!("rx{i}"))).expect("receiver"))
+fn hybridcast(runtime: Runtime, group: SocketAddrV4, size: usize, count: usize) -> Rate {
+    // Receivers start counting at once; they see nothing until the sender publishes.
+    let counters: Vec<_> = (0..2)
+        .map(|i| counter(runtime, group, format!("rx{i}"), count))
         .collect();
     let mut poll = Poll::new().expect("poll");
     let mut tx = Driver::new(member_config(group, "tx")).expect("sender");
@@ -135,7 +190,6 @@ fn hybridcast(group: SocketAddrV4, size: usize, count: usize) -> Rate {
     };
     // Let the three find each other and finish joining.
     run(&mut tx, Duration::from_millis(600));
-    let counters: Vec<_> = receivers.into_iter().map(|h| counter(h, count)).collect();
     let payload = bytes::Bytes::from(vec![0xa5u8; size]);
     let mut sent = 0;
     while sent < count {
@@ -167,7 +221,8 @@ fn main() {
     };
     for size in [1000usize, 100] {
         let r = raw(group(), size, count);
-        let h = hybridcast(group(), size, count);
+        let h = hybridcast(Runtime::Mio, group(), size, count);
+        let a = hybridcast(Runtime::Smol, group(), size, count);
         println!(
             "{size:>5} B: raw multicast {:>9.0} datagrams/s {:>7.1} MB/s per receiver ({} of {count} arrived); \
              hybridcast {:>9.0} messages/s {:>7.1} MB/s per receiver ({} of {count} delivered)",
@@ -182,6 +237,18 @@ fn main() {
         println!(
             "BENCH hybridcast_vs_raw_{size}b {:.2} ratio",
             h.per_s / r.per_s.max(1.0)
+        );
+        println!(
+            "{size:>5} B: smol receivers {:>9.0} messages/s {:>7.1} MB/s per receiver ({} of {count} delivered)",
+            a.per_s, a.mb_per_s, a.delivered
+        );
+        println!(
+            "BENCH hybridcast_smol_{size}b_per_s {:.0} messages/s",
+            a.per_s
+        );
+        println!(
+            "BENCH smol_vs_mio_receivers_{size}b {:.2} ratio",
+            a.per_s / h.per_s.max(1.0)
         );
     }
 }

@@ -15,7 +15,10 @@ fn one_async_io_and_no_other_reactor() {
             packages.push((n, v.trim_matches('"').to_owned()));
         }
     }
-    assert!(packages.iter().any(|(n, _)| n == "smol"), "parsed the lock file");
+    assert!(
+        packages.iter().any(|(n, _)| n == "smol"),
+        "parsed the lock file"
+    );
     let async_io: Vec<&String> = packages
         .iter()
         .filter(|(n, _)| n == "async-io")
