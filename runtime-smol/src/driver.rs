@@ -23,6 +23,9 @@ const BATCH: usize = 256;
 const INBOX: usize = 1024;
 /// How soon the driver looks again at an owner whose event queue was full.
 const EVENTS_RECHECK: Duration = Duration::from_millis(20);
+/// How long the driver stops reading the multicast socket after a receive error (so that an
+/// error that persists cannot make it spin).
+const RECEIVE_PAUSE: Duration = Duration::from_millis(10);
 
 pub(crate) enum Command {
     Bind(String, String, Sender<Result<(), CommandError>>),
@@ -37,7 +40,9 @@ pub(crate) enum Command {
 pub(crate) struct Driver {
     node: Node,
     udp: Async<UdpSocket>,
-    listener: Option<TcpListener>,
+    listener: Option<Async<TcpListener>>,
+    /// Receiving waits until then after an error.
+    receive_paused: Option<Instant>,
     group: SocketAddr,
     sends: VecDeque<Bytes>,
     drops: ReceiveDrops,
@@ -62,11 +67,14 @@ impl Driver {
     pub fn new(cfg: RuntimeConfig, outbox: Sender<Event>) -> Result<Driver, Error> {
         let p = hybridcast_runtime::prepare(cfg, Instant::now())?;
         let udp = Async::new(p.udp).map_err(Error::io("registering the multicast socket"))?;
+        let listener =
+            Async::new(p.listener).map_err(Error::io("registering the HTTP listener"))?;
         let shared = Arc::new(Shared::new(&p.config));
         Ok(Driver {
             node: p.node,
             udp,
-            listener: Some(p.listener),
+            listener: Some(listener),
+            receive_paused: None,
             group: p.config.group.into(),
             sends: VecDeque::new(),
             drops: p.drops,
@@ -83,7 +91,8 @@ impl Driver {
         self.node.identity().http_addr
     }
 
-    /// Runs until a leave, a crash, a dropped handle or a failed multicast socket.
+    /// Runs until a leave, a crash or a dropped handle; the sockets are closed when it
+    /// returns.
     pub async fn run(mut self, commands: Receiver<Command>) {
         let (to_driver, inbox) = channel::bounded(INBOX);
         // Every connection task stops when this sender is dropped, i.e. when `run` returns.
@@ -91,30 +100,25 @@ impl Driver {
         let Some(listener) = self.listener.take() else {
             return;
         };
-        match Async::new(listener) {
-            Ok(l) => {
-                smol::spawn(http::accept(
-                    l,
-                    self.shared.clone(),
-                    to_driver.clone(),
-                    stopped.clone(),
-                ))
-                .detach();
-            }
-            Err(e) => tracing::error!("cannot serve HTTP, member stops: {e}"),
-        }
+        let accept = smol::spawn(http::accept(
+            listener,
+            self.shared.clone(),
+            to_driver.clone(),
+            stopped.clone(),
+        ));
         self.client.start(to_driver, stopped);
+        self.drive(&commands, &inbox).await;
+        // The listener is closed before the caller of leave or crash hears that it ended.
+        accept.cancel().await;
+    }
+
+    async fn drive(&mut self, commands: &Receiver<Command>, inbox: &Receiver<Msg>) {
         self.pump(Instant::now());
         loop {
-            let wake = self.wait(&commands, &inbox).await;
+            let wake = self.wait(commands, inbox).await;
             let now = Instant::now();
             match wake {
-                Wake::Datagram => {
-                    if let Err(e) = self.receive(now) {
-                        tracing::error!("multicast receive failed, member stops: {e}");
-                        return;
-                    }
-                }
+                Wake::Datagram => self.receive(now),
                 Wake::Writable => self.flush_sends(),
                 Wake::Command(first) => {
                     // Commands already waiting join this tick and share its datagrams.
@@ -135,12 +139,21 @@ impl Driver {
                         next = Some(c);
                     }
                 }
-                Wake::Msg(m) => self.handle(m, now),
+                Wake::Msg(m) => {
+                    self.handle(m, now);
+                    for _ in 0..BATCH {
+                        let Ok(m) = inbox.try_recv() else {
+                            break;
+                        };
+                        self.handle(m, now);
+                    }
+                }
                 Wake::Timer => {}
             }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
             }
+            self.client.expire(now);
             self.pump(now);
         }
     }
@@ -148,12 +161,11 @@ impl Driver {
     /// Waits for the first of: a datagram, room to send, a command, a message from a
     /// connection task, the node's deadline.
     async fn wait(&self, commands: &Receiver<Command>, inbox: &Receiver<Msg>) -> Wake {
-        let deadline = match (self.node.poll_timeout(), self.held.is_some()) {
-            (d, true) => Some(d.map_or(Instant::now() + EVENTS_RECHECK, |d| {
-                d.min(Instant::now() + EVENTS_RECHECK)
-            })),
-            (d, false) => d,
-        };
+        let recheck = self.held.as_ref().map(|_| Instant::now() + EVENTS_RECHECK);
+        let deadline = [self.node.poll_timeout(), recheck, self.client.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min();
         let timer = async {
             match deadline {
                 Some(d) => async_io::Timer::at(d).await,
@@ -162,6 +174,9 @@ impl Driver {
             Wake::Timer
         };
         let readable = async {
+            if let Some(until) = self.receive_paused {
+                async_io::Timer::at(until).await;
+            }
             // An error shows again on the receive that follows.
             let _ = self.udp.readable().await;
             Wake::Datagram
@@ -187,8 +202,10 @@ impl Driver {
         .await
     }
 
-    /// Takes up to [`BATCH`] datagrams that are ready.
-    fn receive(&mut self, now: Instant) -> io::Result<()> {
+    /// Takes up to [`BATCH`] datagrams that are ready. An error (an ICMP report, a full
+    /// buffer) is logged and reading pauses briefly, as the loss it may cause is recovered.
+    fn receive(&mut self, now: Instant) {
+        self.receive_paused = None;
         for _ in 0..BATCH {
             match self.udp.get_ref().recv_from(&mut self.buf) {
                 Ok((n, from)) => {
@@ -198,12 +215,15 @@ impl Driver {
                     let datagram = Bytes::copy_from_slice(&self.buf[..n]);
                     self.node.handle_datagram(now, from, datagram);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!("multicast receive failed: {e}");
+                    self.receive_paused = Some(now + RECEIVE_PAUSE);
+                    return;
+                }
             }
         }
-        Ok(())
     }
 
     fn obey(&mut self, c: Command) {

@@ -129,7 +129,7 @@ async fn serve_conn(
                 }
                 Served::Reject(answer) => answer,
             };
-            match within(idle, stream.write_all(&answer.bytes)).await {
+            match write_within(&mut stream, &answer.bytes, idle).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) => return,
                 None => {
@@ -157,13 +157,41 @@ async fn serve_conn(
     }
 }
 
+/// Writes all of `bytes`, giving up (`None`) when no progress is made for `idle`: a slow
+/// reader of a large answer keeps its connection while it keeps reading.
+async fn write_within(
+    stream: &mut Async<TcpStream>,
+    mut bytes: &[u8],
+    idle: Duration,
+) -> Option<std::io::Result<()>> {
+    while !bytes.is_empty() {
+        match within(idle, stream.write(bytes)).await? {
+            Ok(0) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(()))
+}
+
 // ----- the client -----
 
-/// An idle connection kept for the next request to the same address.
+/// An idle connection kept for the next request to the same address, until `expires`.
 struct Pooled {
     stream: Async<TcpStream>,
     permit: SemaphoreGuardArc,
-    since: Instant,
+    expires: Instant,
+}
+
+impl Pooled {
+    /// True if the peer closed it or sent something unasked (it cannot carry a request).
+    fn spoiled(&self) -> bool {
+        match self.stream.get_ref().peek(&mut [0u8; 1]) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
 }
 
 type Pool = Arc<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>;
@@ -182,6 +210,32 @@ enum Start {
 }
 
 impl Client {
+    /// When the next idle pooled connection is due to close.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.values().flatten().map(|p| p.expires).min()
+    }
+
+    /// Once a pooled connection is due: closes those idle past the idle timeout (counted, as
+    /// the mio runtime counts them) and those the peer closed, freeing their permits.
+    pub fn expire(&self, now: Instant) {
+        if self.next_expiry().is_none_or(|t| t > now) {
+            return;
+        }
+        let mut timed_out = 0;
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        for conns in pool.values_mut() {
+            conns.retain(|p| {
+                let late = p.expires <= now;
+                timed_out += u64::from(late);
+                !late && !p.spoiled()
+            });
+        }
+        pool.retain(|_, conns| !conns.is_empty());
+        drop(pool);
+        self.shared.stats().connections_timed_out += timed_out;
+    }
+
     pub fn new(shared: Arc<Shared>) -> Client {
         Client {
             shared,
@@ -205,7 +259,7 @@ impl Client {
         let Some((to_driver, stopped)) = self.wiring.clone() else {
             return Err(RequestFailure::Connect("the runtime is not running".into()));
         };
-        let start = match take_pooled(&self.pool, to, self.shared.idle_timeout) {
+        let start = match take_pooled(&self.pool, to) {
             Some(p) => Start::Pooled(p),
             None => match self.shared.permits.try_acquire_arc() {
                 Some(permit) => Start::Fresh(permit),
@@ -233,16 +287,17 @@ impl Client {
     }
 }
 
-/// Takes the most recently parked connection to `to` that has not idled too long; drops
-/// those that have (anywhere), releasing their permits.
-fn take_pooled(pool: &Pool, to: SocketAddr, idle: Duration) -> Option<Pooled> {
+/// Takes the most recently parked connection to `to` that is still usable.
+fn take_pooled(pool: &Pool, to: SocketAddr) -> Option<Pooled> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
-    for conns in pool.values_mut() {
-        conns.retain(|p| now.duration_since(p.since) < idle);
+    let conns = pool.get_mut(&to)?;
+    while let Some(p) = conns.pop() {
+        if p.expires > now && !p.spoiled() {
+            return Some(p);
+        }
     }
-    pool.retain(|_, conns| !conns.is_empty());
-    pool.get_mut(&to).and_then(Vec::pop)
+    None
 }
 
 /// Sends `request` and reads the answer; a pooled connection the peer had closed is replaced
@@ -257,7 +312,7 @@ async fn request_on(
     let (stream, permit) = match start {
         Start::Pooled(p) => match exchange(p.stream, request, &shared.limits).await {
             Ok((resp, kept)) => {
-                park(pool, to, kept, p.permit);
+                park(pool, to, kept, p.permit, shared.idle_timeout);
                 return Ok(resp);
             }
             // A stale pooled connection: try once on a fresh one (with its permit).
@@ -267,7 +322,7 @@ async fn request_on(
         Start::Fresh(permit) => (connect(to).await?, permit),
     };
     let (resp, kept) = exchange(stream, request, &shared.limits).await?;
-    park(pool, to, kept, permit);
+    park(pool, to, kept, permit, shared.idle_timeout);
     Ok(resp)
 }
 
@@ -277,13 +332,22 @@ async fn connect(to: SocketAddr) -> Result<Async<TcpStream>, RequestFailure> {
         .map_err(|e| RequestFailure::Connect(e.to_string()))
 }
 
-fn park(pool: &Pool, to: SocketAddr, kept: Option<Async<TcpStream>>, permit: SemaphoreGuardArc) {
+/// Keeps `kept` for the next request to `to`, for at most `idle`. The driver wakes for the
+/// deadline (see [`Client::next_expiry`]); a peer that closes a pooled connection earlier
+/// is noticed then or when the connection is next taken.
+fn park(
+    pool: &Pool,
+    to: SocketAddr,
+    kept: Option<Async<TcpStream>>,
+    permit: SemaphoreGuardArc,
+    idle: Duration,
+) {
     if let Some(stream) = kept {
         let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.entry(to).or_default().push(Pooled {
             stream,
             permit,
-            since: Instant::now(),
+            expires: Instant::now() + idle,
         });
     }
 }

@@ -145,11 +145,14 @@ impl Node {
         self.stop(Command::Crash).await;
     }
 
+    /// Cancel-safe: the task stays in `self` while this waits, so a caller that gives up
+    /// waiting drops the node, whose `Drop` lets the driver finish (and leave) on its own.
     async fn stop(&mut self, how: Command) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = &mut self.task {
             // If the driver already stopped, the send fails and the task is done anyway.
             let _ = self.commands.send(how).await;
             task.await;
+            self.task = None;
         }
     }
 }

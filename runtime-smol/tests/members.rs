@@ -13,7 +13,8 @@ fn config(port: u16, name: &str) -> RuntimeConfig {
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 78, 1), port);
     c.core = Config {
         heartbeat_interval: Duration::from_millis(100),
-        request_timeout: Duration::from_millis(500),
+        // Generous for a loaded machine: a retried join would make two dump requests.
+        request_timeout: Duration::from_secs(2),
         ..Config::default()
     };
     c
@@ -324,5 +325,57 @@ fn a_bad_configuration_is_refused_with_its_field() {
         c.group = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 47_407);
         let e = Node::start(c).await.err().expect("refused");
         assert!(e.to_string().contains("group"), "{e}");
+    });
+}
+
+#[test]
+fn an_idle_pooled_connection_is_closed_and_frees_its_permit() {
+    smol::block_on(async {
+        let port = 47_408;
+        let a = member(port, "a").await;
+        a.bind("svc-a", "1").await.expect("running").expect("bind");
+        // b may hold one connection: after its join request the connection it parked is
+        // closed when idle, so b can serve again.
+        let mut c = config(port, "b");
+        c.max_connections = 1;
+        c.idle_timeout = Duration::from_millis(500);
+        let b = Node::start(c).await.expect("start");
+        assert!(
+            eventually(|| async {
+                let v = b.view().await.expect("running");
+                v.joined && v.offers.contains_key("svc-a")
+            })
+            .await
+        );
+        assert!(
+            eventually(|| async { b.stats().await.expect("running").1.connections_timed_out > 0 })
+                .await,
+            "the pooled connection was never closed"
+        );
+        let addr = b.http_addr();
+        let (status, _) = smol::unblock(move || get(addr, "/hybridcast/v1/whoami")).await;
+        assert_eq!(status, 200);
+        a.leave().await;
+        b.leave().await;
+    });
+}
+
+#[test]
+fn a_leave_given_up_on_still_leaves_and_a_finished_one_closed_the_listener() {
+    smol::block_on(async {
+        let port = 47_409;
+        let a = member(port, "a").await;
+        let b = member(port, "b").await;
+        let c = member(port, "c").await;
+        let three = [&a, &b, &c];
+        assert!(eventually(|| agree(&three, 0, 2)).await);
+        // The caller stops waiting at once: b still leaves, it does not vanish.
+        assert!(futures_lite::future::poll_once(b.leave()).await.is_none());
+        assert!(eventually(|| sees(&a, "b", "left")).await);
+        // Once leave returns, the HTTP port is free again.
+        let addr = c.http_addr();
+        c.leave().await;
+        std::net::TcpListener::bind(addr).expect("the listener was closed");
+        a.leave().await;
     });
 }

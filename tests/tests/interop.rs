@@ -14,7 +14,8 @@ fn config(port: u16, name: &str, drop_rate: f64) -> RuntimeConfig {
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 79, 1), port);
     c.core = Config {
         heartbeat_interval: Duration::from_millis(100),
-        request_timeout: Duration::from_millis(500),
+        // Generous for a loaded machine: a retried join would make two dump requests.
+        request_timeout: Duration::from_secs(2),
         ..Config::default()
     };
     c.receive_drop_rate = drop_rate;
