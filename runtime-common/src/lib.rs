@@ -10,16 +10,19 @@
 //! - [`serve`]: the served side of HTTP connections — framing requests out of the bytes read,
 //!   answering them (the runtime's endpoints, else the protocol's), keep-alive — and the
 //!   limits both sides of a connection use.
+//! - [`SendQueue`]: group datagrams waiting for a full socket, bounded.
 //! - [`endpoints`]: `/hybridcast/v1/cluster`, `/hybridcast/v1/whoami` and `/metrics`.
 //!
 //! Nothing here waits: reading and writing sockets is the runtime's business.
 
 mod config;
 pub mod endpoints;
+mod group;
 pub mod serve;
 pub mod socket;
 
 pub use config::{DEFAULT_GROUP, RuntimeConfig};
+pub use group::{MAX_PENDING_SENDS, SendQueue};
 pub use hybridcast_core as core;
 
 use endpoints::WhoAmI;

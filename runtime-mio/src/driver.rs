@@ -6,17 +6,14 @@ use bytes::Bytes;
 use hybridcast_core::http::{self, HttpLimits};
 use hybridcast_core::{CommandError, Event, Node, RequestFailure, RequestId, Stats, Transmit};
 use hybridcast_runtime::endpoints::WhoAmI;
-use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, serve};
+use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQueue, serve};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Group datagrams waiting for a full socket to drain; more are dropped (and counted): the
-/// protocol recovers them like lost ones.
-const MAX_PENDING_SENDS: usize = 1024;
 /// Datagrams received (or connections accepted) per wake-up before yielding to the loop.
 const BATCH: usize = 256;
 /// Tokens used besides connections: the UDP socket and the listener.
@@ -38,7 +35,7 @@ pub struct Driver {
     base: usize,
     conns: Vec<Option<Conn>>,
     idle: BTreeMap<SocketAddr, Vec<usize>>,
-    sends: VecDeque<Bytes>,
+    sends: SendQueue,
     more_udp: bool,
     more_accept: bool,
     /// Commands were issued since the last pump: their datagrams go out at the next call.
@@ -66,7 +63,7 @@ impl Driver {
             base: 0,
             conns: (0..p.config.max_connections).map(|_| None).collect(),
             idle: BTreeMap::new(),
-            sends: VecDeque::new(),
+            sends: SendQueue::default(),
             more_udp: false,
             more_accept: false,
             dirty: false,
@@ -239,32 +236,18 @@ impl Driver {
     }
 
     fn send(&mut self, datagram: Bytes) {
-        if self.sends.is_empty() {
-            match self.udp.send_to(&datagram, self.group) {
-                Ok(_) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    tracing::debug!("multicast send failed: {e}");
-                    self.stats.send_drops += 1;
-                    return;
-                }
-            }
-        }
-        if self.sends.len() < MAX_PENDING_SENDS {
-            self.sends.push_back(datagram);
-        } else {
-            self.stats.send_drops += 1;
+        let (udp, group) = (&self.udp, self.group);
+        let dropped = self.sends.send(datagram, |d| udp.send_to(d, group));
+        if dropped > 0 {
+            self.stats.send_drops += dropped;
         }
     }
 
     fn flush_sends(&mut self) {
-        while let Some(d) = self.sends.front() {
-            match self.udp.send_to(d, self.group) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => self.stats.send_drops += 1,
-            }
-            self.sends.pop_front();
+        let (udp, group) = (&self.udp, self.group);
+        let dropped = self.sends.flush(|d| udp.send_to(d, group));
+        if dropped > 0 {
+            self.stats.send_drops += dropped;
         }
     }
 

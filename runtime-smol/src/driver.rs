@@ -5,18 +5,14 @@ use bytes::Bytes;
 use futures_lite::future;
 use hybridcast_core::{CommandError, Event, Node, RequestId, Stats, Transmit};
 use hybridcast_runtime::endpoints::{ClusterView, WhoAmI, cluster_view};
-use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, serve};
-use smol::Async;
+use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQueue, serve};
 use smol::channel::{self, Receiver, Sender, TrySendError};
-use std::collections::VecDeque;
+use smol::{Async, Task};
 use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Group datagrams waiting for a full socket to drain; more are dropped (and counted): the
-/// protocol recovers them like lost ones.
-const MAX_PENDING_SENDS: usize = 1024;
 /// Datagrams taken per wake-up before the driver looks at its other sources.
 const BATCH: usize = 256;
 /// Messages from connection tasks waiting for the driver.
@@ -40,11 +36,16 @@ pub(crate) enum Command {
 pub(crate) struct Driver {
     node: Node,
     udp: Async<UdpSocket>,
-    listener: Option<Async<TcpListener>>,
+    /// The task serving the HTTP listener.
+    accept: Task<()>,
+    /// Messages from connection tasks.
+    inbox: Receiver<Msg>,
+    /// Every connection task stops when this is dropped, with the driver.
+    _stop: Sender<()>,
     /// Receiving waits until then after an error.
     receive_paused: Option<Instant>,
     group: SocketAddr,
-    sends: VecDeque<Bytes>,
+    sends: SendQueue,
     drops: ReceiveDrops,
     whoami: WhoAmI,
     shared: Arc<Shared>,
@@ -70,16 +71,26 @@ impl Driver {
         let listener =
             Async::new(p.listener).map_err(Error::io("registering the HTTP listener"))?;
         let shared = Arc::new(Shared::new(&p.config));
+        let (to_driver, inbox) = channel::bounded(INBOX);
+        let (stop, stopped) = channel::bounded::<()>(1);
+        let accept = smol::spawn(http::accept(
+            listener,
+            shared.clone(),
+            to_driver.clone(),
+            stopped.clone(),
+        ));
         Ok(Driver {
             node: p.node,
             udp,
-            listener: Some(listener),
+            accept,
+            inbox,
+            _stop: stop,
             receive_paused: None,
             group: p.config.group.into(),
-            sends: VecDeque::new(),
+            sends: SendQueue::default(),
             drops: p.drops,
             whoami: p.whoami,
-            client: Client::new(shared.clone()),
+            client: Client::new(shared.clone(), to_driver, stopped),
             shared,
             outbox,
             held: None,
@@ -94,28 +105,15 @@ impl Driver {
     /// Runs until a leave, a crash or a dropped handle; the sockets are closed when it
     /// returns.
     pub async fn run(mut self, commands: Receiver<Command>) {
-        let (to_driver, inbox) = channel::bounded(INBOX);
-        // Every connection task stops when this sender is dropped, i.e. when `run` returns.
-        let (_stop, stopped) = channel::bounded::<()>(1);
-        let Some(listener) = self.listener.take() else {
-            return;
-        };
-        let accept = smol::spawn(http::accept(
-            listener,
-            self.shared.clone(),
-            to_driver.clone(),
-            stopped.clone(),
-        ));
-        self.client.start(to_driver, stopped);
-        self.drive(&commands, &inbox).await;
+        self.drive(&commands).await;
         // The listener is closed before the caller of leave or crash hears that it ended.
-        accept.cancel().await;
+        self.accept.cancel().await;
     }
 
-    async fn drive(&mut self, commands: &Receiver<Command>, inbox: &Receiver<Msg>) {
+    async fn drive(&mut self, commands: &Receiver<Command>) {
         self.pump(Instant::now());
         loop {
-            let wake = self.wait(commands, inbox).await;
+            let wake = self.wait(commands).await;
             let now = Instant::now();
             match wake {
                 Wake::Datagram => self.receive(now),
@@ -142,7 +140,7 @@ impl Driver {
                 Wake::Msg(m) => {
                     self.handle(m, now);
                     for _ in 0..BATCH {
-                        let Ok(m) = inbox.try_recv() else {
+                        let Ok(m) = self.inbox.try_recv() else {
                             break;
                         };
                         self.handle(m, now);
@@ -160,7 +158,7 @@ impl Driver {
 
     /// Waits for the first of: a datagram, room to send, a command, a message from a
     /// connection task, the node's deadline.
-    async fn wait(&self, commands: &Receiver<Command>, inbox: &Receiver<Msg>) -> Wake {
+    async fn wait(&self, commands: &Receiver<Command>) -> Wake {
         let recheck = self.held.as_ref().map(|_| Instant::now() + EVENTS_RECHECK);
         let deadline = [self.node.poll_timeout(), recheck, self.client.next_expiry()]
             .into_iter()
@@ -190,7 +188,7 @@ impl Driver {
         };
         let command = async { Wake::Command(commands.recv().await.ok()) };
         let msg = async {
-            match inbox.recv().await {
+            match self.inbox.recv().await {
                 Ok(m) => Wake::Msg(m),
                 Err(_) => future::pending().await,
             }
@@ -282,32 +280,20 @@ impl Driver {
     }
 
     fn send(&mut self, datagram: Bytes) {
-        if self.sends.is_empty() {
-            match self.udp.get_ref().send_to(&datagram, self.group) {
-                Ok(_) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    tracing::debug!("multicast send failed: {e}");
-                    self.shared.stats().send_drops += 1;
-                    return;
-                }
-            }
-        }
-        if self.sends.len() < MAX_PENDING_SENDS {
-            self.sends.push_back(datagram);
-        } else {
-            self.shared.stats().send_drops += 1;
+        let (udp, group) = (&self.udp, self.group);
+        let dropped = self
+            .sends
+            .send(datagram, |d| udp.get_ref().send_to(d, group));
+        if dropped > 0 {
+            self.shared.stats().send_drops += dropped;
         }
     }
 
     fn flush_sends(&mut self) {
-        while let Some(d) = self.sends.front() {
-            match self.udp.get_ref().send_to(d, self.group) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => self.shared.stats().send_drops += 1,
-            }
-            self.sends.pop_front();
+        let (udp, group) = (&self.udp, self.group);
+        let dropped = self.sends.flush(|d| udp.get_ref().send_to(d, group));
+        if dropped > 0 {
+            self.shared.stats().send_drops += dropped;
         }
     }
 }

@@ -200,7 +200,10 @@ type Pool = Arc<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>;
 pub(crate) struct Client {
     shared: Arc<Shared>,
     pool: Pool,
-    wiring: Option<(Sender<Msg>, Receiver<()>)>,
+    /// Where answers go.
+    to_driver: Sender<Msg>,
+    /// Ends the request tasks when the driver stops.
+    stopped: Receiver<()>,
 }
 
 /// A connection to ask on: taken from the pool, or a permit to open one.
@@ -236,17 +239,13 @@ impl Client {
         self.shared.stats().connections_timed_out += timed_out;
     }
 
-    pub fn new(shared: Arc<Shared>) -> Client {
+    pub fn new(shared: Arc<Shared>, to_driver: Sender<Msg>, stopped: Receiver<()>) -> Client {
         Client {
             shared,
             pool: Pool::default(),
-            wiring: None,
+            to_driver,
+            stopped,
         }
-    }
-
-    /// Where answers go, and the signal that ends the request tasks.
-    pub fn start(&mut self, to_driver: Sender<Msg>, stopped: Receiver<()>) {
-        self.wiring = Some((to_driver, stopped));
     }
 
     /// Starts request `id`; fails at once at the connection limit.
@@ -256,9 +255,6 @@ impl Client {
         to: SocketAddr,
         request: Bytes,
     ) -> Result<(), RequestFailure> {
-        let Some((to_driver, stopped)) = self.wiring.clone() else {
-            return Err(RequestFailure::Connect("the runtime is not running".into()));
-        };
         let start = match take_pooled(&self.pool, to) {
             Some(p) => Start::Pooled(p),
             None => match self.shared.permits.try_acquire_arc() {
@@ -270,6 +266,7 @@ impl Client {
             },
         };
         let (shared, pool) = (self.shared.clone(), self.pool.clone());
+        let (to_driver, stopped) = (self.to_driver.clone(), self.stopped.clone());
         let task = async move {
             let timeout = shared.request_timeout;
             let result =
