@@ -28,6 +28,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 /// Smallest `max_datagram_size` accepted.
 pub const MIN_DATAGRAM: usize = 256;
 
+/// Room for a session request's framing beside its state (ids, versions, encoding overhead).
+const SESSION_REQUEST_SLACK: usize = 64 << 10;
+
 /// Who this member is. Sent in every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -167,6 +170,15 @@ pub struct Config {
     pub provider_quarantine: Duration,
     /// How long a departed member is remembered so its late packets are ignored. Default 60 s.
     pub tombstone_ttl: Duration,
+    /// Sessions one member holds, as primary and as secondary together. Default 10 000.
+    pub max_sessions: usize,
+    /// Largest session state ([`crate::session::SessionState::bytes`]). Default 64 KiB; at most
+    /// `http.max_body_bytes - 64 KiB`, so a full copy always fits one request.
+    pub max_session_bytes: usize,
+    /// A session unused this long is expired, on its primary and its secondary. Default 30 min.
+    pub session_idle_timeout: Duration,
+    /// Replication requests in flight at once (the rest wait their turn). Default 64.
+    pub max_replications_in_flight: usize,
 }
 
 impl Default for Config {
@@ -197,6 +209,10 @@ impl Default for Config {
             recovery_backoff_max: Duration::from_secs(8),
             provider_quarantine: Duration::from_secs(5),
             tombstone_ttl: Duration::from_secs(60),
+            max_sessions: 10_000,
+            max_session_bytes: 64 << 10,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            max_replications_in_flight: 64,
         }
     }
 }
@@ -243,7 +259,13 @@ impl Config {
                 "must hold at least one datagram",
             ));
         }
-        let nonzero: [(&'static str, usize); 10] = [
+        let nonzero: [(&'static str, usize); 13] = [
+            ("max_sessions", self.max_sessions),
+            ("max_session_bytes", self.max_session_bytes),
+            (
+                "max_replications_in_flight",
+                self.max_replications_in_flight,
+            ),
             (
                 "max_cached_messages_per_sender",
                 self.max_cached_messages_per_sender,
@@ -314,7 +336,14 @@ impl Config {
                 format!("must be in 4..={}", crate::http::MAX_HEADERS),
             ));
         }
-        let durations: [(&'static str, Duration); 8] = [
+        if self.max_session_bytes.saturating_add(SESSION_REQUEST_SLACK) > self.http.max_body_bytes {
+            return Err(invalid(
+                "max_session_bytes",
+                "must be at most http.max_body_bytes - 65536, so a full copy fits one request",
+            ));
+        }
+        let durations: [(&'static str, Duration); 9] = [
+            ("session_idle_timeout", self.session_idle_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
             ("request_timeout", self.request_timeout),
             ("recovery_backoff_initial", self.recovery_backoff_initial),
@@ -329,7 +358,7 @@ impl Config {
                 return Err(invalid(field, "must be at most one day"));
             }
         }
-        for (field, d) in &durations[..4] {
+        for (field, d) in &durations[..5] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
             }
@@ -344,6 +373,13 @@ impl Config {
             return Err(invalid("suspect_after_intervals", "must be in 1..=1000"));
         }
         Ok(())
+    }
+
+    /// Largest request body a member must accept from its peers: a session replication or
+    /// claim carrying a full `max_session_bytes` state. Every other exchange is a GET without
+    /// a body. Runtimes cap served bodies at this.
+    pub fn max_request_body(&self) -> usize {
+        self.max_session_bytes + SESSION_REQUEST_SLACK
     }
 
     /// The discovery period in force (see [`Config::discovery_period`]).

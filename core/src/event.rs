@@ -1,6 +1,7 @@
 //! What a node tells its owner, drained with [`crate::Node::poll_event`].
 
 use crate::ids::{Channel, MemberKey};
+use crate::session::{ExpiredReason, SessionId, SessionState, SessionToken};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -115,5 +116,42 @@ pub enum Event {
         channel: Channel,
         /// Lost sequence numbers.
         range: RangeInclusive<u64>,
+    },
+    /// This member took a session over and is now its primary: from its local replica (the
+    /// primary failed), or from a copy fetched point-to-point. Rebuild the application's objects
+    /// from `state` (see [`SessionState::reconstruct`]) and give the user `token`.
+    SessionFailover {
+        /// The session.
+        id: SessionId,
+        /// Its former primary.
+        from: MemberKey,
+        /// The new token (this member primary, a new secondary).
+        token: SessionToken,
+        /// The state as of the last version the copy held.
+        state: SessionState,
+    },
+    /// A session asked for with [`crate::Node::session_resume`] cannot be resumed, or one this
+    /// member served was expired for idleness.
+    SessionExpired {
+        /// The session.
+        id: SessionId,
+        /// Timed out, or every copy lost.
+        reason: ExpiredReason,
+    },
+    /// Another member took over a session this member served: the local copy is gone (or kept
+    /// only as that member's replica) and commands on it now fail with `NotHere`.
+    SessionSuperseded {
+        /// The session.
+        id: SessionId,
+        /// Its new primary.
+        by: MemberKey,
+    },
+    /// The secondary acknowledged `version` of a session this member serves: commits up to it
+    /// survive the loss of this member.
+    SessionReplicated {
+        /// The session.
+        id: SessionId,
+        /// Version held by the secondary.
+        version: u64,
     },
 }

@@ -113,3 +113,115 @@ pub struct Published {
     /// Payload.
     pub payload: Bytes,
 }
+
+/// Prefix of the session exchanges, the only ones sent with `POST`.
+pub const PATH_SESSION_PREFIX: &str = "/hybridcast/v1/session/";
+/// A primary ships a session to its secondary (`POST`, [`SessionReplicate`] →
+/// [`ReplicateReply`]).
+pub const PATH_SESSION_REPLICATE: &str = "/hybridcast/v1/session/replicate";
+/// A member takes a session over from a member holding a copy (`POST`, [`SessionClaim`] →
+/// [`ClaimReply`]).
+pub const PATH_SESSION_CLAIM: &str = "/hybridcast/v1/session/claim";
+/// A new primary tells a former holder to drop its older copy (`POST`, [`SessionRelease`] →
+/// empty 200).
+pub const PATH_SESSION_RELEASE: &str = "/hybridcast/v1/session/release";
+
+/// What a replication carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaPayload {
+    /// The whole state.
+    Full(crate::session::SessionState),
+    /// The changes of versions `base + 1 ..= version`, in order; valid only on a copy of the
+    /// same generation at version `base`. An empty delta with `base == version` refreshes the
+    /// copy's idle clock.
+    Delta {
+        /// Version the changes apply to.
+        base: u64,
+        /// The changes.
+        changes: Vec<crate::session::Change>,
+    },
+}
+
+/// Body of a replication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReplicate {
+    /// The session.
+    pub id: crate::session::SessionId,
+    /// Owner epoch.
+    pub epoch: u64,
+    /// The primary (with `epoch`, the copy's generation).
+    pub primary: crate::ids::MemberKey,
+    /// Version after the payload is applied.
+    pub version: u64,
+    /// The payload.
+    pub payload: ReplicaPayload,
+}
+
+/// The secondary's answer to a replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicateReply {
+    /// The copy is at `version`.
+    Ack {
+        /// Version held.
+        version: u64,
+    },
+    /// The delta does not apply to the copy held (or there is none): send the whole state.
+    NeedFull,
+    /// A newer generation owns the session: the sender must drop its copy.
+    Superseded {
+        /// Epoch of the newer generation.
+        epoch: u64,
+        /// Its primary.
+        primary: crate::ids::MemberKey,
+    },
+    /// The copy does not fit (`max_sessions` or `max_session_bytes`); retried later.
+    Refused,
+}
+
+/// Body of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaim {
+    /// The session.
+    pub id: crate::session::SessionId,
+    /// The member taking it over.
+    pub claimant: crate::ids::MemberKey,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimReply {
+    /// The holder's copy; the holder now keeps it as a replica of the claimant's new
+    /// generation `(epoch + 1, claimant)`.
+    Copy {
+        /// Epoch of the copy.
+        epoch: u64,
+        /// Its primary.
+        primary: crate::ids::MemberKey,
+        /// Its version.
+        version: u64,
+        /// The state.
+        state: crate::session::SessionState,
+    },
+    /// Another member owns the session now: ask it.
+    Moved {
+        /// Epoch of that member's generation.
+        epoch: u64,
+        /// The owner.
+        primary: crate::ids::MemberKey,
+    },
+    /// The holder expired it for idleness.
+    TimedOut,
+    /// The holder has no copy and no memory of one.
+    Unknown,
+}
+
+/// Body of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRelease {
+    /// The session.
+    pub id: crate::session::SessionId,
+    /// Epoch of the new generation.
+    pub epoch: u64,
+    /// Its primary.
+    pub primary: crate::ids::MemberKey,
+}

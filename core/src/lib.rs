@@ -19,6 +19,7 @@
 //! - [`exchange`]: the paths and bincode bodies of those exchanges and of sequenced messages.
 //! - [`codec`]: the bounded bincode wrapper.
 //! - [`naming`]: the replicated registry of offers and smart-stub selection.
+//! - [`session`]: user sessions replicated to a secondary and rebuilt on failover.
 //! - [`membership`], [`event`], [`stats`], [`config`], [`ids`]: the rest of the public surface.
 
 pub mod channel;
@@ -31,6 +32,7 @@ pub mod ids;
 pub mod membership;
 pub mod naming;
 mod node;
+pub mod session;
 pub mod stats;
 pub mod wire;
 
@@ -40,4 +42,8 @@ pub use ids::{Channel, ClusterId, MemberKey, RequestId};
 pub use membership::{MemberInfo, MemberState};
 pub use naming::{Provider, Registry, Strategy};
 pub use node::{CommandError, Node, RequestFailure, Transmit};
+pub use session::{
+    ExpiredReason, LogicalRef, Resume, SessionError, SessionId, SessionInfo, SessionState,
+    SessionToken, Value,
+};
 pub use stats::{Drops, Stats};

@@ -91,4 +91,28 @@ pub struct Stats {
     pub members_failed: u64,
     /// Departed members remembered (left).
     pub members_left: u64,
+    /// Sessions this member serves as primary (gauge).
+    pub sessions_primary: u64,
+    /// Session replicas this member holds as secondary (gauge).
+    pub sessions_replica: u64,
+    /// Replication requests sent.
+    pub replications_sent: u64,
+    /// Bytes of replication request bodies sent.
+    pub replication_bytes: u64,
+    /// Replications sent as a full copy (the rest were deltas).
+    pub replications_full: u64,
+    /// Replication requests that failed, timed out or were refused (each is retried).
+    pub replications_failed: u64,
+    /// Replications this member received and applied.
+    pub replications_applied: u64,
+    /// Replications refused because they came from a superseded generation.
+    pub replications_superseded: u64,
+    /// Sessions this member took over (failovers and claims).
+    pub sessions_failed_over: u64,
+    /// Resumes that ended in `SessionExpired`, and sessions expired for idleness here.
+    pub sessions_expired: u64,
+    /// Sessions this member served that another member took over.
+    pub sessions_superseded: u64,
+    /// Claims this member answered.
+    pub claims_served: u64,
 }

@@ -1,6 +1,7 @@
 //! [`Node`]: one cluster member as a pure state machine.
 
 mod p2p;
+mod sessions;
 
 use crate::channel::receiver::{Delivery, FragmentOutcome, ReceiverLimits};
 use crate::channel::{Packer, Retention, Sender};
@@ -97,6 +98,18 @@ enum Purpose {
         incarnation: u64,
     },
     Dump {
+        member: MemberKey,
+    },
+    Replicate {
+        id: crate::session::SessionId,
+        version: u64,
+    },
+    Claim {
+        id: crate::session::SessionId,
+        member: MemberKey,
+    },
+    Release {
+        id: crate::session::SessionId,
         member: MemberKey,
     },
 }
@@ -199,6 +212,7 @@ pub struct Node {
     queued_membership: usize,
     scratch: Vec<Event>,
     conflicts_reported: BTreeSet<u64>,
+    sessions: sessions::Sessions,
     stats: Stats,
 }
 
@@ -256,6 +270,7 @@ impl Node {
             queued_membership: 0,
             scratch: Vec::new(),
             conflicts_reported: BTreeSet::new(),
+            sessions: sessions::Sessions::default(),
             stats: Stats::default(),
             config,
             identity,
@@ -329,6 +344,7 @@ impl Node {
                 MemberState::Left => s.members_left += 1,
             }
         }
+        (s.sessions_primary, s.sessions_replica) = self.sessions.counts();
         s
     }
 
@@ -497,6 +513,7 @@ impl Node {
         for p in self.requests.values() {
             consider(Some(p.deadline));
         }
+        consider(self.sessions.deadline());
         // While the owner has events to drain, recovery waits (and must not spin the timer).
         let recovering = self.is_joined() && !self.events_backlogged();
         for m in self.members.values() {
@@ -524,7 +541,12 @@ impl Node {
 
     /// Handles one group datagram. Malformed, foreign and stale datagrams are dropped and
     /// counted in [`Stats::drops`]; nothing here can fail.
-    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, datagram: Bytes) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        self.on_datagram(now, from, datagram);
+        self.sessions_settle(now);
+    }
+
+    fn on_datagram(&mut self, now: Instant, _from: SocketAddr, datagram: Bytes) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         if self.left {
@@ -591,6 +613,7 @@ impl Node {
             }
         }
         self.check_members(now);
+        self.sessions_settle(now);
     }
 
     fn check_members(&mut self, now: Instant) {
@@ -844,6 +867,7 @@ impl Node {
         );
         self.release_entry(old);
         self.announce_joined(key);
+        self.sessions.membership_changed();
         true
     }
 
@@ -900,6 +924,7 @@ impl Node {
     ) {
         self.remove_offers(key);
         self.selector.release(key);
+        self.sessions.membership_changed();
         let fresh = Member::new(key, name.to_owned(), incarnation, http_addr, now);
         let old = self.members.insert(key, fresh);
         if let Some(old) = self.release_entry(old) {
@@ -934,6 +959,7 @@ impl Node {
         }
         self.cached_total -= m.budget.bytes;
         m.depart(state, now);
+        self.sessions.membership_changed();
         let peer = peer_of(m);
         self.remove_offers(key);
         self.push_event(match state {
@@ -1223,11 +1249,19 @@ fn wins(a: (u64, SocketAddr), b: (u64, SocketAddr)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
-/// Deliveries are never dropped; everything else (membership news) may be, under a backlog.
+/// Deliveries and session outcomes are never dropped; membership news may be, under a backlog.
+/// (Session events come only from this node's own commands and the answers to its requests.)
 fn is_delivery(e: &Event) -> bool {
     matches!(
         e,
-        Event::Message { .. } | Event::Gap { .. } | Event::Bound { .. } | Event::Unbound { .. }
+        Event::Message { .. }
+            | Event::Gap { .. }
+            | Event::Bound { .. }
+            | Event::Unbound { .. }
+            | Event::SessionFailover { .. }
+            | Event::SessionExpired { .. }
+            | Event::SessionSuperseded { .. }
+            | Event::SessionReplicated { .. }
     )
 }
 

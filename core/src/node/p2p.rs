@@ -40,20 +40,24 @@ impl Node {
     /// an error status with a plain-text reason (400 malformed, 403 other cluster, 404 unknown
     /// path, 405 wrong method, 410 after leaving, 507 answer larger than `http.max_body_bytes`,
     /// 500 answer that could not be encoded).
-    pub fn handle_http_request(&mut self, _now: Instant, request: &Request) -> Response {
-        let r = self.serve(request);
+    pub fn handle_http_request(&mut self, now: Instant, request: &Request) -> Response {
+        let r = self.serve(now, request);
+        self.sessions_settle(now);
         if r.status != 200 {
             self.stats.http_errors += 1;
         }
         r
     }
 
-    fn serve(&mut self, req: &Request) -> Response {
+    fn serve(&mut self, now: Instant, req: &Request) -> Response {
         if !req.path.starts_with(exchange::PATH_PREFIX) {
             return Response::error(404, "unknown path");
         }
-        if req.method != Method::Get {
-            return Response::error(405, "only GET is served");
+        let post = req.path.starts_with(exchange::PATH_SESSION_PREFIX);
+        match (post, req.method) {
+            (false, Method::Get) | (true, Method::Post) => {}
+            (false, _) => return Response::error(405, "only GET is served"),
+            (true, _) => return Response::error(405, "session exchanges are POST"),
         }
         match req.header(exchange::HEADER_CLUSTER) {
             None => return Response::error(400, "missing x-hybridcast-cluster header"),
@@ -64,6 +68,11 @@ impl Node {
         }
         if self.left {
             return Response::error(410, "this member has left the cluster");
+        }
+        if post {
+            return self
+                .serve_session(now, req)
+                .unwrap_or_else(|| Response::error(404, "unknown session path"));
         }
         let body = match req.path.as_str() {
             exchange::PATH_PROBE => codec::encode(&ProbeReply {
@@ -170,8 +179,34 @@ impl Node {
         path: String,
         purpose: Purpose,
     ) -> RequestId {
+        self.send_with_body(now, to, Request::get(&path), purpose)
+    }
+
+    /// Queues a POST of `body` to `path` (the session exchanges).
+    pub(super) fn send_post(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        path: &str,
+        body: Bytes,
+        purpose: Purpose,
+    ) -> RequestId {
+        let mut req = Request::get(path);
+        req.method = Method::Post;
+        req.headers
+            .push(("content-type".to_owned(), exchange::CONTENT_TYPE.to_owned()));
+        req.body = body;
+        self.send_with_body(now, to, req, purpose)
+    }
+
+    fn send_with_body(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        mut req: Request,
+        purpose: Purpose,
+    ) -> RequestId {
         let id = self.next_request_id();
-        let mut req = Request::get(&path);
         req.headers.push((
             exchange::HEADER_CLUSTER.to_owned(),
             self.cluster.to_string(),
@@ -295,6 +330,28 @@ impl Node {
             self.stats.stale_responses += 1;
             return;
         };
+        match pending.purpose {
+            Purpose::Replicate {
+                id: sid, version, ..
+            } => {
+                let body = ok_body(&response);
+                self.on_replicate_reply(now, id, sid, version, body);
+                self.sessions_settle(now);
+                return;
+            }
+            Purpose::Claim { id: sid, member } => {
+                let body = ok_body(&response);
+                self.on_claim_reply(now, member, sid, body);
+                self.sessions_settle(now);
+                return;
+            }
+            Purpose::Release { id: sid, member } => {
+                let ok = ok_body(&response).is_some();
+                self.on_release_reply(id, sid, member, ok);
+                return;
+            }
+            _ => {}
+        }
         let backlogged =
             self.events_backlogged() && matches!(pending.purpose, Purpose::Recovery { .. });
         let body = match response {
@@ -316,10 +373,12 @@ impl Node {
                 channel,
             } => self.on_recovery_reply(now, id, member, incarnation, channel, &body),
             Purpose::Dump { member } => self.on_dump_reply(now, id, member, &body),
+            Purpose::Replicate { .. } | Purpose::Claim { .. } | Purpose::Release { .. } => true,
         };
         if !ok {
             self.request_failed(now, id, pending.purpose);
         }
+        self.sessions_settle(now);
     }
 
     /// A request failed, timed out or got an unusable answer.
@@ -355,6 +414,11 @@ impl Node {
                     }
                 }
             }
+            Purpose::Replicate {
+                id: sid, version, ..
+            } => self.on_replicate_reply(now, id, sid, version, None),
+            Purpose::Claim { id: sid, member } => self.on_claim_reply(now, member, sid, None),
+            Purpose::Release { id: sid, member } => self.on_release_reply(id, sid, member, false),
             Purpose::Dump { .. } => {
                 if let Phase::Dumping { id: current, tried } = &mut self.phase {
                     if *current == id {
@@ -564,6 +628,14 @@ impl Node {
         }
         self.deliver(key, inc, Channel::State, state_deliveries);
         self.deliver(key, inc, Channel::Log, log_deliveries);
+    }
+}
+
+/// The body of a 200 response, if that is what came back.
+fn ok_body(response: &Result<Response, RequestFailure>) -> Option<&[u8]> {
+    match response {
+        Ok(r) if r.status == 200 => Some(&r.body),
+        _ => None,
     }
 }
 
