@@ -265,6 +265,45 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     ] {
         let _ = writeln!(o, "hybridcast_members{{state=\"{state}\"}} {v}");
     }
+    let _ = writeln!(o, "# HELP hybridcast_sessions Sessions held, by role.");
+    let _ = writeln!(o, "# TYPE hybridcast_sessions gauge");
+    for (role, v) in [
+        ("primary", s.sessions_primary),
+        ("replica", s.sessions_replica),
+    ] {
+        let _ = writeln!(o, "hybridcast_sessions{{role=\"{role}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_session_events_total Session replication and ownership, by kind."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_session_events_total counter");
+    for (kind, v) in [
+        ("replication_sent", s.replications_sent),
+        ("replication_full", s.replications_full),
+        ("replication_failed", s.replications_failed),
+        ("replication_applied", s.replications_applied),
+        ("replication_superseded", s.replications_superseded),
+        ("failed_over", s.sessions_failed_over),
+        ("expired", s.sessions_expired),
+        ("superseded", s.sessions_superseded),
+        ("claim_served", s.claims_served),
+    ] {
+        let _ = writeln!(o, "hybridcast_session_events_total{{kind=\"{kind}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_session_replication_bytes_total Bytes of replication bodies sent."
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE hybridcast_session_replication_bytes_total counter"
+    );
+    let _ = writeln!(
+        o,
+        "hybridcast_session_replication_bytes_total {}",
+        s.replication_bytes
+    );
     Response::ok("text/plain; version=0.0.4", o)
 }
 

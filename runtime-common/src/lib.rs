@@ -12,6 +12,7 @@
 //!   limits both sides of a connection use.
 //! - [`SendQueue`]: group datagrams waiting for a full socket, bounded.
 //! - [`endpoints`]: `/hybridcast/v1/cluster`, `/hybridcast/v1/whoami` and `/metrics`.
+//! - [`sessions`]: a session resume that waits for its outcome ([`Resumed`]).
 //!
 //! Nothing here waits: reading and writing sockets is the runtime's business.
 
@@ -19,11 +20,13 @@ mod config;
 pub mod endpoints;
 mod group;
 pub mod serve;
+pub mod sessions;
 pub mod socket;
 
 pub use config::{DEFAULT_GROUP, RuntimeConfig};
 pub use group::{MAX_PENDING_SENDS, SendQueue};
 pub use hybridcast_core as core;
+pub use sessions::{ResumeWaiters, Resumed};
 
 use endpoints::WhoAmI;
 use hybridcast_core::ids::{Rng, stable_hash};

@@ -9,16 +9,19 @@ use hybridcast_core::Node;
 use hybridcast_core::http::{self, HttpLimits, Method, Request, Response};
 use std::time::Instant;
 
-/// Largest request body served (the protocol's requests have none): a served connection
-/// buffers at most the head limit plus this, whatever `http.max_body_bytes` allows for
-/// answers.
+/// Largest request body served for anything but the session exchanges (the protocol's other
+/// requests have none).
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 
-/// The limits for requests served: every exchange is a GET, so a body is capped at
-/// [`MAX_REQUEST_BODY`].
-pub fn serve_limits(limits: &HttpLimits) -> HttpLimits {
+/// The limits for requests served: bodies are capped at `max_request_body` (use
+/// `Config::max_request_body`, which makes room for a full session copy, and at least
+/// [`MAX_REQUEST_BODY`]), so a served connection buffers at most the head limit plus that,
+/// whatever `http.max_body_bytes` allows for answers.
+pub fn serve_limits(limits: &HttpLimits, max_request_body: usize) -> HttpLimits {
     HttpLimits {
-        max_body_bytes: limits.max_body_bytes.min(MAX_REQUEST_BODY),
+        max_body_bytes: limits
+            .max_body_bytes
+            .min(max_request_body.max(MAX_REQUEST_BODY)),
         ..*limits
     }
 }
@@ -135,7 +138,7 @@ mod tests {
 
     #[test]
     fn answers_pipelined_requests_one_at_a_time_and_closes_on_request() {
-        let limits = serve_limits(&HttpLimits::default());
+        let limits = serve_limits(&HttpLimits::default(), 0);
         let mut inbuf = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\nGET /c"
             .to_vec();
         let mut seen = Vec::new();
@@ -158,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_malformed_request_gets_its_error_and_closes() {
-        let limits = serve_limits(&HttpLimits::default());
+        let limits = serve_limits(&HttpLimits::default(), 0);
         let mut inbuf = b"POST /x HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n".to_vec();
         let a = next_answer(&mut inbuf, &limits, |_| unreachable!("not answered"))
             .expect("an error answer");

@@ -4,7 +4,10 @@
 use crate::conn::{Conn, ReadEnd, Role};
 use bytes::Bytes;
 use hybridcast_core::http::{self, HttpLimits};
-use hybridcast_core::{CommandError, Event, Node, RequestFailure, RequestId, Stats, Transmit};
+use hybridcast_core::{
+    CommandError, Event, Node, RequestFailure, RequestId, Resume, SessionError, SessionId,
+    SessionInfo, SessionState, SessionToken, Stats, Transmit, Value,
+};
 use hybridcast_runtime::endpoints::WhoAmI;
 use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQueue, serve};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -142,6 +145,77 @@ impl Driver {
     pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) -> Result<u64, CommandError> {
         self.dirty = true;
         self.node.publish(topic, payload)
+    }
+
+    // ----- sessions (see `hybridcast_core::session`) -----
+
+    /// Starts a session served by this member.
+    pub fn session_create(&mut self) -> Result<SessionToken, SessionError> {
+        self.dirty = true;
+        let now = self.now();
+        self.node.session_create(now)
+    }
+
+    /// Sets `pool[key] = value` in a session this member serves.
+    pub fn session_put(
+        &mut self,
+        id: SessionId,
+        pool: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<Option<Value>, SessionError> {
+        let now = self.now();
+        self.node.session_put(now, id, pool, key, value)
+    }
+
+    /// Removes `pool[key]` from a session this member serves.
+    pub fn session_remove(
+        &mut self,
+        id: SessionId,
+        pool: &str,
+        key: &str,
+    ) -> Result<Option<Value>, SessionError> {
+        let now = self.now();
+        self.node.session_remove(now, id, pool, key)
+    }
+
+    /// Commits the changes since the last commit and replicates them; returns the token.
+    pub fn session_commit(&mut self, id: SessionId) -> Result<SessionToken, SessionError> {
+        self.dirty = true;
+        let now = self.now();
+        self.node.session_commit(now, id)
+    }
+
+    /// Ends a session this member serves.
+    pub fn session_end(&mut self, id: SessionId) -> Result<bool, SessionError> {
+        self.dirty = true;
+        let now = self.now();
+        self.node.session_end(now, id)
+    }
+
+    /// Starts resuming the session `token` names (see
+    /// [`Node::session_resume`](hybridcast_core::Node::session_resume)): anything but
+    /// `Ready` is settled by a later `SessionFailover` or `SessionExpired` event.
+    pub fn session_resume(&mut self, token: SessionToken) -> Result<Resume, SessionError> {
+        self.dirty = true;
+        let now = self.now();
+        self.node.session_resume(now, token)
+    }
+
+    /// The state of a session this member serves.
+    pub fn session_state(&self, id: SessionId) -> Option<&SessionState> {
+        self.node.session_state(id)
+    }
+
+    /// A session this member serves.
+    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        self.node.session(id)
+    }
+
+    /// The clock for commands: never behind the last input.
+    fn now(&mut self) -> Instant {
+        self.last_now = self.last_now.max(Instant::now());
+        self.last_now
     }
 
     /// Leaves the cluster gracefully: the Leave datagram is sent at once.
@@ -374,7 +448,7 @@ impl Driver {
     /// Serves requests on an accepted connection, one at a time: the next is parsed once the
     /// last answer is written.
     fn serve(&mut self, conn: &mut Conn, now: Instant) -> Result<Next, RequestFailure> {
-        let limits = serve::serve_limits(&self.limits);
+        let limits = serve::serve_limits(&self.limits, self.node.config().max_request_body());
         let io = |e: io::Error| RequestFailure::Io(e.to_string());
         let end = conn.read(serve::buffer_limit(&limits)).map_err(io)?;
         while conn.flushed() && !conn.close_after_write {

@@ -2,9 +2,12 @@
 
 use crate::Driver;
 use bytes::Bytes;
-use hybridcast_core::{CommandError, Event, Stats};
+use hybridcast_core::{
+    CommandError, Event, SessionError, SessionId, SessionInfo, SessionState, SessionToken, Stats,
+    Value,
+};
 use hybridcast_runtime::endpoints::{ClusterView, cluster_view};
-use hybridcast_runtime::{Error, RuntimeConfig, RuntimeStats};
+use hybridcast_runtime::{Error, ResumeWaiters, Resumed, RuntimeConfig, RuntimeStats};
 use mio::{Events, Poll, Token, Waker};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,9 +31,23 @@ enum Command {
     Publish(String, Bytes, SyncSender<Result<u64, CommandError>>),
     View(SyncSender<ClusterView>),
     Stats(SyncSender<(Stats, RuntimeStats)>),
+    Session(SessionCommand),
+    Resume(SessionToken, SyncSender<Result<Resumed, SessionError>>),
     Shutdown,
     Crash,
 }
+
+/// A session command carried to the member's thread.
+enum SessionCommand {
+    Create(SyncSender<Result<SessionToken, SessionError>>),
+    Put(SessionId, String, String, Value, Reply<Option<Value>>),
+    Remove(SessionId, String, String, Reply<Option<Value>>),
+    Commit(SessionId, SyncSender<Result<SessionToken, SessionError>>),
+    End(SessionId, Reply<bool>),
+    State(SessionId, SyncSender<Option<(SessionInfo, SessionState)>>),
+}
+
+type Reply<T> = SyncSender<Result<T, SessionError>>;
 
 /// The handle of a spawned member (see [`spawn`]). Dropping it shuts the member down.
 pub struct NodeHandle {
@@ -69,6 +86,7 @@ pub fn spawn(config: RuntimeConfig) -> Result<NodeHandle, Error> {
 fn run(mut poll: Poll, mut driver: Driver, inbox: Receiver<Command>, outbox: SyncSender<Event>) {
     let mut events = Events::with_capacity(1024);
     let mut held: Option<Event> = None;
+    let mut resumes = ResumeWaiters::default();
     loop {
         let now = Instant::now();
         let timeout = driver
@@ -93,7 +111,7 @@ fn run(mut poll: Poll, mut driver: Driver, inbox: Receiver<Command>, outbox: Syn
             driver.handle_timeout(now);
         }
         if commands {
-            match obey(&mut driver, &inbox) {
+            match obey(&mut driver, &inbox, &mut resumes) {
                 Some(Stop::Leave) => {
                     driver.leave();
                     return;
@@ -107,6 +125,9 @@ fn run(mut poll: Poll, mut driver: Driver, inbox: Receiver<Command>, outbox: Syn
             let Some(e) = held.take().or_else(|| driver.poll_event()) else {
                 break;
             };
+            for (waiter, outcome) in resumes.on_event(&e) {
+                drop(waiter.send(Ok(outcome)));
+            }
             match outbox.try_send(e) {
                 Ok(()) => {}
                 Err(TrySendError::Full(e)) => {
@@ -125,7 +146,11 @@ enum Stop {
 }
 
 /// Carries out waiting commands; says how to stop on shutdown, crash, or a dropped handle.
-fn obey(driver: &mut Driver, inbox: &Receiver<Command>) -> Option<Stop> {
+fn obey(
+    driver: &mut Driver,
+    inbox: &Receiver<Command>,
+    resumes: &mut ResumeWaiters<SyncSender<Result<Resumed, SessionError>>>,
+) -> Option<Stop> {
     loop {
         let cmd = match inbox.try_recv() {
             Ok(c) => c,
@@ -141,8 +166,33 @@ fn obey(driver: &mut Driver, inbox: &Receiver<Command>) -> Option<Stop> {
             Command::Stats(reply) => {
                 drop(reply.send((driver.stats(), driver.driver_stats().clone())))
             }
+            Command::Session(c) => session(driver, c),
+            Command::Resume(token, reply) => {
+                let answer = driver.session_resume(token);
+                if let Some((reply, outcome)) = resumes.start(token.id, answer, reply) {
+                    drop(reply.send(outcome));
+                }
+            }
             Command::Shutdown => return Some(Stop::Leave),
             Command::Crash => return Some(Stop::Crash),
+        }
+    }
+}
+
+fn session(driver: &mut Driver, c: SessionCommand) {
+    match c {
+        SessionCommand::Create(reply) => drop(reply.send(driver.session_create())),
+        SessionCommand::Put(id, pool, key, value, reply) => {
+            drop(reply.send(driver.session_put(id, &pool, &key, value)))
+        }
+        SessionCommand::Remove(id, pool, key, reply) => {
+            drop(reply.send(driver.session_remove(id, &pool, &key)))
+        }
+        SessionCommand::Commit(id, reply) => drop(reply.send(driver.session_commit(id))),
+        SessionCommand::End(id, reply) => drop(reply.send(driver.session_end(id))),
+        SessionCommand::State(id, reply) => {
+            let state = driver.session(id).zip(driver.session_state(id).cloned());
+            drop(reply.send(state))
         }
     }
 }
@@ -193,6 +243,78 @@ impl NodeHandle {
     /// The core's and the runtime's counters.
     pub fn stats(&self) -> Result<(Stats, RuntimeStats), Stopped> {
         self.call(Command::Stats)
+    }
+
+    /// Starts a session served by this member (see `hybridcast_core::session`).
+    pub fn session_create(&self) -> Result<Result<SessionToken, SessionError>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::Create(r)))
+    }
+
+    /// Sets `pool[key] = value` in a session this member serves; returns the value replaced.
+    pub fn session_put(
+        &self,
+        id: SessionId,
+        pool: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<Result<Option<Value>, SessionError>, Stopped> {
+        self.call(|r| {
+            Command::Session(SessionCommand::Put(
+                id,
+                pool.to_owned(),
+                key.to_owned(),
+                value,
+                r,
+            ))
+        })
+    }
+
+    /// Removes `pool[key]` from a session this member serves; returns the value removed.
+    pub fn session_remove(
+        &self,
+        id: SessionId,
+        pool: &str,
+        key: &str,
+    ) -> Result<Result<Option<Value>, SessionError>, Stopped> {
+        self.call(|r| {
+            Command::Session(SessionCommand::Remove(
+                id,
+                pool.to_owned(),
+                key.to_owned(),
+                r,
+            ))
+        })
+    }
+
+    /// Ends a user interaction: commits and replicates the changes; returns the token to give
+    /// the user. The secondary's acknowledgement comes later as
+    /// [`Event::SessionReplicated`].
+    pub fn session_commit(
+        &self,
+        id: SessionId,
+    ) -> Result<Result<SessionToken, SessionError>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::Commit(id, r)))
+    }
+
+    /// Ends (logs out) a session this member serves.
+    pub fn session_end(&self, id: SessionId) -> Result<Result<bool, SessionError>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::End(id, r)))
+    }
+
+    /// A session this member serves: its info and state (uncommitted changes included).
+    pub fn session(&self, id: SessionId) -> Result<Option<(SessionInfo, SessionState)>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::State(id, r)))
+    }
+
+    /// Finds the session `token` names and makes this member its primary, waiting for the
+    /// outcome: at once if this member serves it; after a failover (from the local replica, or
+    /// a copy claimed point-to-point — bounded by a few `request_timeout`s) with the state to
+    /// rebuild from; or `Expired`. The failover is also reported on [`NodeHandle::events`].
+    pub fn session_resume(
+        &self,
+        token: SessionToken,
+    ) -> Result<Result<Resumed, SessionError>, Stopped> {
+        self.call(|r| Command::Resume(token, r))
     }
 
     /// The member's events, in order (bounded: see [`EVENT_QUEUE`]).

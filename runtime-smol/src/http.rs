@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     permits: Arc<Semaphore>,
     stats: Mutex<RuntimeStats>,
     limits: HttpLimits,
+    /// Largest request body served (`Config::max_request_body`).
+    max_request_body: usize,
     idle_timeout: Duration,
     request_timeout: Duration,
 }
@@ -42,6 +44,7 @@ impl Shared {
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             stats: Mutex::new(RuntimeStats::default()),
             limits: cfg.core.http,
+            max_request_body: cfg.core.max_request_body(),
             idle_timeout: cfg.idle_timeout,
             request_timeout: cfg.core.request_timeout,
         }
@@ -109,7 +112,7 @@ async fn serve_conn(
     shared: Arc<Shared>,
     to_driver: Sender<Msg>,
 ) {
-    let limits = serve::serve_limits(&shared.limits);
+    let limits = serve::serve_limits(&shared.limits, shared.max_request_body);
     let cap = serve::buffer_limit(&limits);
     let idle = shared.idle_timeout;
     let mut inbuf = Vec::new();
