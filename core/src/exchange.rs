@@ -179,12 +179,15 @@ pub enum ReplicateReply {
 }
 
 /// Body of a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaim {
     /// The session.
     pub id: crate::session::SessionId,
     /// The member taking it over.
     pub claimant: crate::ids::MemberKey,
+    /// Members the claimant could not reach while looking for the session: a holder does not
+    /// send it back to one of them with `Moved`.
+    pub unreachable: Vec<crate::ids::MemberKey>,
 }
 
 /// The answer to a claim.

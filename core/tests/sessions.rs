@@ -579,3 +579,22 @@ fn failover_yields_an_acknowledged_committed_version() {
 fn apply(state: &mut SessionState, change: Change) {
     state.apply(change);
 }
+
+#[test]
+fn a_third_member_takes_over_before_the_crash_is_detected() {
+    let mut c = cluster(4, 13, test_config());
+    let token = session_with_cart(&mut c, 3);
+    let state = c.nodes[0].node.session_state(token.id).cloned().expect("state");
+    let si = index_of(&c, token.secondary.expect("secondary"));
+    let third = (1..4).find(|&i| i != si).expect("third");
+    c.crash(0);
+    c.run_for(Duration::from_millis(10));
+    // Everyone still thinks the primary is alive; the secondary sends the claimant to it, the
+    // claim to it fails, and the secondary then hands its copy over.
+    assert_eq!(resume(&mut c, third, token), Resume::Pending);
+    c.run_for(Duration::from_secs(3));
+    let f = failovers(&c, third, token.id);
+    assert_eq!(f.len(), 1, "{:?}", c.events(third));
+    assert_eq!(f[0].2, state);
+    assert_ne!(f[0].1.secondary, Some(c.nodes[0].node.key()), "not the dead primary");
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 type Generation = (u64, MemberKey);
 
 /// Most members a resume asks, following `Moved` answers included.
-const MAX_CLAIM_HOPS: usize = 6;
+const MAX_CLAIM_HOPS: usize = 8;
 
 /// A session this member serves.
 #[derive(Debug)]
@@ -93,6 +93,8 @@ struct Resuming {
     token: SessionToken,
     candidates: VecDeque<MemberKey>,
     asked: usize,
+    /// Members whose claim failed (unreachable, or no useful answer).
+    unreachable: Vec<MemberKey>,
     timed_out: bool,
 }
 
@@ -398,6 +400,7 @@ impl Node {
                 token,
                 candidates,
                 asked: 0,
+                unreachable: Vec::new(),
                 timed_out,
             },
         );
@@ -495,6 +498,16 @@ impl Node {
     /// The secondary for `id`: the live member with the highest rendezvous score, among
     /// members on another host if there are any.
     fn pick_secondary(&self, id: SessionId) -> Option<(MemberKey, u64)> {
+        self.pick_secondary_except(id, None)
+    }
+
+    /// [`Node::pick_secondary`] passing over `except` (a former primary just taken over from:
+    /// crashed, or keeping only an older copy), unless it is the only member left.
+    fn pick_secondary_except(
+        &self,
+        id: SessionId,
+        except: Option<MemberKey>,
+    ) -> Option<(MemberKey, u64)> {
         let own_host = &self.identity.host_id;
         let id_bytes = id.0.to_be_bytes();
         self.members
@@ -503,7 +516,7 @@ impl Node {
             .max_by_key(|m| {
                 let elsewhere = own_host.is_empty() || m.host_id != *own_host;
                 let score = stable_hash(&[b"secondary", &id_bytes, &m.key.0.to_be_bytes()]);
-                (elsewhere, score)
+                (Some(m.key) != except, elsewhere, score)
             })
             .map(|m| (m.key, m.incarnation))
     }
@@ -814,7 +827,7 @@ impl Node {
         version: u64,
         state: SessionState,
     ) -> SessionToken {
-        let secondary = self.pick_secondary(id);
+        let secondary = self.pick_secondary_except(id, Some(from));
         let bytes = state.bytes();
         self.sessions.tombs.remove(&id);
         self.sessions.owned.insert(
@@ -874,6 +887,7 @@ impl Node {
                 let claim = SessionClaim {
                     id,
                     claimant: self.key,
+                    unreachable: r.unreachable.clone(),
                 };
                 let Ok(bytes) = codec::encode(&claim) else {
                     return;
@@ -931,22 +945,30 @@ impl Node {
                 self.sessions.replicas.remove(&id);
                 let new_epoch = epoch.saturating_add(1).max(r.token.epoch + 1);
                 let token = self.install(now, id, new_epoch, primary, version, state);
-                // Holders the token names that are neither the one asked nor the new
-                // secondary keep an older copy: tell them to drop it.
-                let mut others = vec![r.token.primary];
+                // Holders the token names, and the one asked (it kept the copy as a replica in
+                // case this answer was lost), keep an older copy unless one of them is the new
+                // secondary: tell them to drop it.
+                let mut others = vec![r.token.primary, from, primary];
                 others.extend(r.token.secondary);
-                others.push(primary);
                 others.sort();
                 others.dedup();
                 for k in others {
-                    if k != self.key && k != from && Some(k) != token.secondary {
+                    if k != self.key && Some(k) != token.secondary {
                         self.send_release(now, k, id, (new_epoch, self.key));
                     }
                 }
             }
             Some(ClaimReply::Moved { primary, .. }) => {
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
-                    if primary != self.key && !r.candidates.contains(&primary) {
+                    // Ask the owner it names, then this holder again: if the owner cannot be
+                    // reached, the holder hands its copy over on the second ask.
+                    if !r.candidates.contains(&from) {
+                        r.candidates.push_front(from);
+                    }
+                    if primary != self.key
+                        && !r.unreachable.contains(&primary)
+                        && !r.candidates.contains(&primary)
+                    {
                         r.candidates.push_front(primary);
                     }
                 }
@@ -958,7 +980,14 @@ impl Node {
                 }
                 self.next_claim(now, id);
             }
-            _ => self.next_claim(now, id),
+            _ => {
+                if let Some(r) = self.sessions.resuming.get_mut(&id) {
+                    if !r.unreachable.contains(&from) {
+                        r.unreachable.push(from);
+                    }
+                }
+                self.next_claim(now, id);
+            }
         }
     }
 
@@ -1163,7 +1192,7 @@ impl Node {
     /// A member takes over a session this member holds a copy of.
     fn serve_claim(&mut self, now: Instant, c: SessionClaim) -> ClaimReply {
         let id = c.id;
-        if c.claimant == self.key {
+        if c.claimant == self.key || c.unreachable.len() > MAX_CLAIM_HOPS {
             return ClaimReply::Unknown;
         }
         if let Some(o) = self.sessions.owned.remove(&id) {
@@ -1197,7 +1226,7 @@ impl Node {
                 .members
                 .get(&r.primary)
                 .is_some_and(|m| m.state == MemberState::Alive);
-            if r.primary != c.claimant && primary_live {
+            if r.primary != c.claimant && primary_live && !c.unreachable.contains(&r.primary) {
                 return ClaimReply::Moved {
                     epoch: r.epoch,
                     primary: r.primary,
