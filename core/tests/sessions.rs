@@ -584,7 +584,11 @@ fn apply(state: &mut SessionState, change: Change) {
 fn a_third_member_takes_over_before_the_crash_is_detected() {
     let mut c = cluster(4, 13, test_config());
     let token = session_with_cart(&mut c, 3);
-    let state = c.nodes[0].node.session_state(token.id).cloned().expect("state");
+    let state = c.nodes[0]
+        .node
+        .session_state(token.id)
+        .cloned()
+        .expect("state");
     let si = index_of(&c, token.secondary.expect("secondary"));
     let third = (1..4).find(|&i| i != si).expect("third");
     c.crash(0);
@@ -596,5 +600,9 @@ fn a_third_member_takes_over_before_the_crash_is_detected() {
     let f = failovers(&c, third, token.id);
     assert_eq!(f.len(), 1, "{:?}", c.events(third));
     assert_eq!(f[0].2, state);
-    assert_ne!(f[0].1.secondary, Some(c.nodes[0].node.key()), "not the dead primary");
+    assert_ne!(
+        f[0].1.secondary,
+        Some(c.nodes[0].node.key()),
+        "not the dead primary"
+    );
 }

@@ -3,9 +3,14 @@
 use crate::http::{self, Client, Msg, Shared};
 use bytes::Bytes;
 use futures_lite::future;
-use hybridcast_core::{CommandError, Event, Node, RequestId, Stats, Transmit};
+use hybridcast_core::{
+    CommandError, Event, Node, RequestId, SessionError, SessionId, SessionInfo, SessionState,
+    SessionToken, Stats, Transmit, Value,
+};
 use hybridcast_runtime::endpoints::{ClusterView, WhoAmI, cluster_view};
-use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQueue, serve};
+use hybridcast_runtime::{
+    Error, ReceiveDrops, ResumeWaiters, Resumed, RuntimeConfig, RuntimeStats, SendQueue, serve,
+};
 use smol::channel::{self, Receiver, Sender, TrySendError};
 use smol::{Async, Task};
 use std::io;
@@ -29,9 +34,23 @@ pub(crate) enum Command {
     Publish(String, Bytes, Sender<Result<u64, CommandError>>),
     View(Sender<ClusterView>),
     Stats(Sender<(Stats, RuntimeStats)>),
+    Session(SessionCommand),
+    Resume(SessionToken, Sender<Result<Resumed, SessionError>>),
     Leave,
     Crash,
 }
+
+/// A session command carried to the driver.
+pub(crate) enum SessionCommand {
+    Create(Reply<SessionToken>),
+    Put(SessionId, String, String, Value, Reply<Option<Value>>),
+    Remove(SessionId, String, String, Reply<Option<Value>>),
+    Commit(SessionId, Reply<SessionToken>),
+    End(SessionId, Reply<bool>),
+    State(SessionId, Sender<Option<(SessionInfo, SessionState)>>),
+}
+
+pub(crate) type Reply<T> = Sender<Result<T, SessionError>>;
 
 pub(crate) struct Driver {
     node: Node,
@@ -51,7 +70,10 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     client: Client,
     outbox: Sender<Event>,
+    /// An event taken from the node (and shown to `resumes`) that the owner had no room for.
     held: Option<Event>,
+    /// Callers of `session_resume` waiting for their outcome's event.
+    resumes: ResumeWaiters<Sender<Result<Resumed, SessionError>>>,
     buf: Vec<u8>,
 }
 
@@ -94,6 +116,7 @@ impl Driver {
             shared,
             outbox,
             held: None,
+            resumes: ResumeWaiters::default(),
             buf: vec![0; 65_536],
         })
     }
@@ -129,7 +152,7 @@ impl Driver {
                                 return;
                             }
                             Some(Command::Crash) => return,
-                            Some(c) => self.obey(c),
+                            Some(c) => self.obey(c, now),
                         }
                         let Ok(c) = commands.try_recv() else {
                             break;
@@ -224,7 +247,9 @@ impl Driver {
         }
     }
 
-    fn obey(&mut self, c: Command) {
+    /// Carries out a command at `now` (the tick's, as for every other input). What it queues
+    /// (datagrams, point-to-point requests) goes out in the `pump` that ends the tick.
+    fn obey(&mut self, c: Command, now: Instant) {
         // A caller that stopped waiting for the answer is no reason to stop.
         match c {
             Command::Bind(n, v, reply) => drop(reply.try_send(self.node.bind(&n, &v))),
@@ -235,7 +260,34 @@ impl Driver {
                 let runtime = self.shared.stats().clone();
                 drop(reply.try_send((self.node.stats(), runtime)))
             }
+            Command::Session(c) => self.session(c, now),
+            Command::Resume(token, reply) => {
+                let answer = self.node.session_resume(now, token);
+                // Anything but an answer known now waits for its event (see `pump`).
+                if let Some((reply, outcome)) = self.resumes.start(token.id, answer, reply) {
+                    drop(reply.try_send(outcome));
+                }
+            }
             Command::Leave | Command::Crash => {}
+        }
+    }
+
+    fn session(&mut self, c: SessionCommand, now: Instant) {
+        let node = &mut self.node;
+        match c {
+            SessionCommand::Create(reply) => drop(reply.try_send(node.session_create(now))),
+            SessionCommand::Put(id, pool, key, value, reply) => {
+                drop(reply.try_send(node.session_put(now, id, &pool, &key, value)))
+            }
+            SessionCommand::Remove(id, pool, key, reply) => {
+                drop(reply.try_send(node.session_remove(now, id, &pool, &key)))
+            }
+            SessionCommand::Commit(id, reply) => drop(reply.try_send(node.session_commit(now, id))),
+            SessionCommand::End(id, reply) => drop(reply.try_send(node.session_end(now, id))),
+            SessionCommand::State(id, reply) => {
+                let state = node.session(id).zip(node.session_state(id).cloned());
+                drop(reply.try_send(state))
+            }
         }
     }
 
@@ -251,6 +303,8 @@ impl Driver {
     }
 
     /// Sends what the node queued, starts the requests it asked for, forwards its events.
+    /// Every event is shown to the waiting resumes as it is taken from the node, before it
+    /// waits (held) for room in the owner's queue.
     fn pump(&mut self, now: Instant) {
         while let Some(t) = self.node.poll_transmit() {
             match t {
@@ -259,8 +313,17 @@ impl Driver {
             }
         }
         loop {
-            let Some(e) = self.held.take().or_else(|| self.node.poll_event()) else {
-                break;
+            let e = match self.held.take() {
+                Some(e) => e,
+                None => {
+                    let Some(e) = self.node.poll_event() else {
+                        break;
+                    };
+                    for (waiter, outcome) in self.resumes.on_event(&e) {
+                        drop(waiter.try_send(Ok(outcome)));
+                    }
+                    e
+                }
             };
             match self.outbox.try_send(e) {
                 Ok(()) => {}

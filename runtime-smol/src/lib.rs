@@ -32,13 +32,16 @@ mod http;
 
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
-    DEFAULT_GROUP, Error, RuntimeConfig, RuntimeStats, endpoints, serve::MAX_REQUEST_BODY,
+    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, serve::MAX_REQUEST_BODY,
 };
 
 use bytes::Bytes;
-use driver::Command;
+use driver::{Command, SessionCommand};
 use futures_lite::Stream;
-use hybridcast_core::{CommandError, Event, Stats};
+use hybridcast_core::{
+    CommandError, Event, SessionError, SessionId, SessionInfo, SessionState, SessionToken, Stats,
+    Value,
+};
 use hybridcast_runtime::endpoints::ClusterView;
 use smol::Task;
 use smol::channel::{self, Receiver, Sender};
@@ -125,6 +128,91 @@ impl Node {
     /// The core's and the runtime's counters.
     pub async fn stats(&self) -> Result<(Stats, RuntimeStats), Stopped> {
         self.call(Command::Stats).await
+    }
+
+    /// Starts a session served by this member (see `hybridcast_core::session`).
+    pub async fn session_create(&self) -> Result<Result<SessionToken, SessionError>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::Create(r)))
+            .await
+    }
+
+    /// Sets `pool[key] = value` in a session this member serves; returns the value replaced.
+    pub async fn session_put(
+        &self,
+        id: SessionId,
+        pool: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<Result<Option<Value>, SessionError>, Stopped> {
+        self.call(|r| {
+            Command::Session(SessionCommand::Put(
+                id,
+                pool.to_owned(),
+                key.to_owned(),
+                value,
+                r,
+            ))
+        })
+        .await
+    }
+
+    /// Removes `pool[key]` from a session this member serves; returns the value removed.
+    pub async fn session_remove(
+        &self,
+        id: SessionId,
+        pool: &str,
+        key: &str,
+    ) -> Result<Result<Option<Value>, SessionError>, Stopped> {
+        self.call(|r| {
+            Command::Session(SessionCommand::Remove(
+                id,
+                pool.to_owned(),
+                key.to_owned(),
+                r,
+            ))
+        })
+        .await
+    }
+
+    /// Ends a user interaction: commits and replicates the changes; returns the token to give
+    /// the user. The secondary's acknowledgement comes later as
+    /// [`Event::SessionReplicated`].
+    pub async fn session_commit(
+        &self,
+        id: SessionId,
+    ) -> Result<Result<SessionToken, SessionError>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::Commit(id, r)))
+            .await
+    }
+
+    /// Ends (logs out) a session this member serves.
+    pub async fn session_end(&self, id: SessionId) -> Result<Result<bool, SessionError>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::End(id, r)))
+            .await
+    }
+
+    /// A session this member serves: its info and state (uncommitted changes included).
+    pub async fn session(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<(SessionInfo, SessionState)>, Stopped> {
+        self.call(|r| Command::Session(SessionCommand::State(id, r)))
+            .await
+    }
+
+    /// Finds the session `token` names and makes this member its primary, waiting for the
+    /// outcome: at once if this member serves it; after a failover (from the local replica, or
+    /// a copy claimed point-to-point — bounded by a few `request_timeout`s) with the state to
+    /// rebuild from; or `Expired`. The failover is also reported on [`Node::events`].
+    ///
+    /// The outcome is known when the driver takes its event from the node, which it stops
+    /// doing while the owner's event queue is full ([`EVENT_QUEUE`]): an owner that does not
+    /// read its events makes resumes wait too.
+    pub async fn session_resume(
+        &self,
+        token: SessionToken,
+    ) -> Result<Result<Resumed, SessionError>, Stopped> {
+        self.call(|r| Command::Resume(token, r)).await
     }
 
     /// The member's events, in order, as a `Stream` (bounded: see [`EVENT_QUEUE`]). Every

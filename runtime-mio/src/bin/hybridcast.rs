@@ -1,9 +1,10 @@
 //! `hybridcast`: run a member, look at a cluster, or watch a demo cluster on loopback.
 
 use clap::{Args, Parser, Subcommand};
-use hybridcast_mio::core::{Config, Event, Identity};
+use hybridcast_mio::core::session::{LogicalRef, pool};
+use hybridcast_mio::core::{Config, Event, Identity, MemberKey, SessionState, SessionToken, Value};
 use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
-use hybridcast_mio::{DEFAULT_GROUP, NodeHandle, RuntimeConfig, spawn};
+use hybridcast_mio::{DEFAULT_GROUP, NodeHandle, Resumed, RuntimeConfig, spawn};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
@@ -365,6 +366,10 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
 
     let victim = d.members.len() - 1;
     let victim_name = d.members[victim].0.clone();
+    let session = match &d.members[victim].1 {
+        Some(h) => start_session(h, &victim_name)?,
+        None => return Err("the victim is not running".into()),
+    };
     println!("crashing {victim_name} (no Leave)");
     if let Some(h) = d.members[victim].1.take() {
         h.crash();
@@ -378,6 +383,8 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
             })
         })
     })?;
+
+    let resumed_ok = resume_session(&d, &session)?;
 
     println!("starting newcomer (joins with one state dump)");
     d.start("newcomer", 0.0)?;
@@ -397,7 +404,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         ms(t_detect),
         ms(t_join)
     );
-    let ok = d.converged() && dumps == 1;
+    let ok = d.converged() && dumps == 1 && resumed_ok;
     for (_, h) in d.members.iter_mut() {
         if let Some(h) = h.take() {
             h.shutdown();
@@ -409,6 +416,88 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A user's session on `h`: a shopping cart of three products (logical references) and
+/// their quantities (raw), committed in three interactions and acknowledged by the secondary.
+fn start_session(h: &NodeHandle, name: &str) -> Result<(SessionToken, SessionState), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let token = h
+        .session_create()
+        .map_err(|e| err(&e))?
+        .map_err(|e| err(&e))?;
+    let mut last = token;
+    for (product, qty) in [("p-4", 10u32), ("p-17", 20), ("p-31", 30)] {
+        let reference = Value::Ref(LogicalRef::new("product", product));
+        h.session_put(token.id, &pool::application("cart"), product, reference)
+            .map_err(|e| err(&e))?
+            .map_err(|e| err(&e))?;
+        let qty = Value::raw(qty.to_be_bytes().to_vec());
+        h.session_put(token.id, &pool::application("cart/qty"), product, qty)
+            .map_err(|e| err(&e))?
+            .map_err(|e| err(&e))?;
+        last = h
+            .session_commit(token.id)
+            .map_err(|e| err(&e))?
+            .map_err(|e| err(&e))?;
+    }
+    let start = Instant::now();
+    loop {
+        let info = h.session(token.id).map_err(|e| err(&e))?;
+        if let Some((info, state)) = info {
+            if info.replicated == Some(info.version) {
+                println!(
+                    "a user's cart session on {name}: 3 interactions committed, version {} acknowledged by its secondary; token {last}",
+                    info.version
+                );
+                return Ok((info.token, state));
+            }
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err("the session was not replicated within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The user's next request, carrying the token, reaches a surviving member that holds no copy.
+fn resume_session(d: &Demo, (token, state): &(SessionToken, SessionState)) -> Result<bool, String> {
+    let (name, h) = d
+        .live()
+        .find(|(n, _)| Some(MemberKey::of(n)) != token.secondary)
+        .or_else(|| d.live().next())
+        .ok_or("no member left")?;
+    let started = Instant::now();
+    let outcome = h
+        .session_resume(*token)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    match outcome {
+        Resumed::FailedOver {
+            token: new,
+            from,
+            state: got,
+        } => {
+            let same = got == *state;
+            let from = d
+                .members
+                .iter()
+                .find(|(n, _)| MemberKey::of(n) == from)
+                .map_or_else(|| from.to_string(), |(n, _)| n.clone());
+            println!(
+                "  the user's next request reached {name}: it took the session over from {from} in {:.0} ms, cart {} ({} entries); new token {new}",
+                ms(took),
+                if same { "intact" } else { "DIFFERENT" },
+                got.len()
+            );
+            Ok(same)
+        }
+        other => {
+            println!("  the user's next request reached {name}: {other:?}");
+            Ok(false)
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
