@@ -164,7 +164,7 @@ fn failover_to_the_secondary_then_a_claim_from_the_new_primary() {
         // The secondary takes over from its replica (at once, or after a failed claim on
         // the crashed primary).
         let secondary_events = secondary.events();
-        let resumed = within("resume", secondary.session_resume(token))
+        let resumed = within("the secondary's resume", secondary.session_resume(token))
             .await
             .expect("running")
             .expect("resume");
@@ -189,10 +189,13 @@ fn failover_to_the_secondary_then_a_claim_from_the_new_primary() {
         assert_eq!(served, state);
         // Resuming there again finds the session served (its secondary may have changed
         // since, as the crash was detected).
-        let again = within("resume", secondary.session_resume(moved))
-            .await
-            .expect("running")
-            .expect("resume");
+        let again = within(
+            "a resume where the session is served",
+            secondary.session_resume(moved),
+        )
+        .await
+        .expect("running")
+        .expect("resume");
         assert!(
             matches!(again, Resumed::Ready(t)
                 if t.id == id && t.primary == secondary_key && t.epoch == moved.epoch),
@@ -200,7 +203,7 @@ fn failover_to_the_secondary_then_a_claim_from_the_new_primary() {
         );
 
         // The third member claims it from the live new primary.
-        let resumed = within("resume", third.session_resume(moved))
+        let resumed = within("the third member's resume", third.session_resume(moved))
             .await
             .expect("running")
             .expect("resume");
@@ -243,7 +246,7 @@ fn a_session_whose_primary_and_secondary_crashed_is_lost() {
         a.crash().await;
         secondary.crash().await;
         let events = third.events();
-        let resumed = within("resume", third.session_resume(token))
+        let resumed = within("the resume of a lost session", third.session_resume(token))
             .await
             .expect("running")
             .expect("resume");
