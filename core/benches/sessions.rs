@@ -16,10 +16,14 @@
 //!   failure (promote the replica, pick a new secondary, queue the full copy, report the
 //!   failover), per session, best of several rounds;
 //! - `session_resume_vs_encode`: that time over the time to bincode-encode the same state once
-//!   (the baseline: a resume cannot cost less than one copy of the state).
+//!   (the baseline: one copy of the state in its wire form).
 //!
-//!     cargo bench -p hybridcast-core --bench sessions
-//!     HYBRIDCAST_BENCH_QUICK=1 cargo bench -p hybridcast-core --bench sessions
+//! Run it with:
+//!
+//! ```text
+//! cargo bench -p hybridcast-core --bench sessions
+//! HYBRIDCAST_BENCH_QUICK=1 cargo bench -p hybridcast-core --bench sessions
+//! ```
 
 use bytes::Bytes;
 use hybridcast_core::http;
@@ -50,7 +54,7 @@ impl Pair {
             ..Config::default()
         };
         let make = |i: usize| {
-            let mut id = Identity::new("bench", &format!("node-{i}"), 1, addrs[i]);
+            let mut id = Identity::new("bench", format!("node-{i}"), 1, addrs[i]);
             id.host_id = format!("host-{i}");
             Node::new(config.clone(), id, now, i as u64).expect("node")
         };
