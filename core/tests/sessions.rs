@@ -606,3 +606,77 @@ fn a_third_member_takes_over_before_the_crash_is_detected() {
         "not the dead primary"
     );
 }
+
+/// Hostile session bodies: an epoch at the top of u64 is refused (it could not be raised), and
+/// repeated release/replicate rounds keep the records consistent; nothing panics.
+#[test]
+fn hostile_session_bodies_are_refused_without_panics() {
+    use hybridcast_core::exchange::{
+        self, ClaimReply, ReplicaPayload, ReplicateReply, SessionClaim, SessionRelease,
+        SessionReplicate,
+    };
+    use hybridcast_core::http::{Method, Request};
+    use hybridcast_core::{ClusterId, codec};
+    let mut c = cluster(2, 14, test_config());
+    let post = |c: &mut Cluster, path: &str, body: Vec<u8>| {
+        let mut req = Request::get(path);
+        req.method = Method::Post;
+        req.headers.push((
+            exchange::HEADER_CLUSTER.to_owned(),
+            ClusterId::of("sim").to_string(),
+        ));
+        req.body = body.into();
+        let now = c.now;
+        let resp = c.with(0, |n| n.handle_http_request(now, &req));
+        assert_eq!(resp.status, 200, "{:?}", String::from_utf8_lossy(&resp.body));
+        resp.body
+    };
+    let id = SessionId(99);
+    let stranger = MemberKey(777);
+    let body = codec::encode(&SessionReplicate {
+        id,
+        epoch: u64::MAX,
+        primary: stranger,
+        version: 1,
+        payload: ReplicaPayload::Full(SessionState::default()),
+    })
+    .expect("encode");
+    let reply: ReplicateReply =
+        codec::decode(&post(&mut c, exchange::PATH_SESSION_REPLICATE, body), 1024).expect("reply");
+    assert_eq!(reply, ReplicateReply::Refused);
+    let claim = codec::encode(&SessionClaim {
+        id,
+        claimant: MemberKey(888),
+        unreachable: vec![],
+    })
+    .expect("encode");
+    let reply: ClaimReply =
+        codec::decode(&post(&mut c, exchange::PATH_SESSION_CLAIM, claim), 1 << 20).expect("reply");
+    assert_eq!(reply, ClaimReply::Unknown);
+    // Alternate releases and full copies of one id with rising epochs: the node's records of
+    // other sessions must survive (they are bounded by max_sessions, not flushed by one id).
+    for epoch in 1..50u64 {
+        let release = codec::encode(&SessionRelease {
+            id,
+            epoch,
+            primary: stranger,
+        })
+        .expect("encode");
+        post(&mut c, exchange::PATH_SESSION_RELEASE, release);
+        let full = codec::encode(&SessionReplicate {
+            id,
+            epoch,
+            primary: stranger,
+            version: 1,
+            payload: ReplicaPayload::Full(SessionState::default()),
+        })
+        .expect("encode");
+        let reply: ReplicateReply =
+            codec::decode(&post(&mut c, exchange::PATH_SESSION_REPLICATE, full), 1024)
+                .expect("reply");
+        assert_eq!(reply, ReplicateReply::Ack { version: 1 });
+    }
+    assert_eq!(c.nodes[0].node.stats().sessions_replica, 1);
+    let token = format!("s1.{id}.{}.{}.-", u64::MAX, stranger);
+    assert!(token.parse::<SessionToken>().is_err(), "epoch beyond MAX_EPOCH");
+}

@@ -13,7 +13,7 @@ use crate::http::{Request, Response};
 use crate::ids::{MemberKey, RequestId, stable_hash};
 use crate::membership::MemberState;
 use crate::session::{
-    Change, ExpiredReason, Resume, SessionError, SessionId, SessionInfo, SessionState,
+    Change, ExpiredReason, MAX_EPOCH, Resume, SessionError, SessionId, SessionInfo, SessionState,
     SessionToken, Value,
 };
 use bytes::Bytes;
@@ -125,6 +125,13 @@ impl Sessions {
 
     fn held(&self) -> usize {
         self.owned.len() + self.replicas.len() + self.resuming.len()
+    }
+
+    /// Forgets what was recorded of `id` (it is held again).
+    fn unbury(&mut self, id: SessionId) {
+        if self.tombs.remove(&id).is_some() {
+            self.tomb_order.retain(|t| *t != id);
+        }
     }
 
     fn bury(&mut self, id: SessionId, tomb: Tomb, max: usize) {
@@ -292,12 +299,9 @@ impl Node {
         let Some(o) = self.sessions.owned.remove(&id) else {
             return Ok(false);
         };
-        let next = (o.epoch + 1, self.key);
+        let next = (o.epoch.saturating_add(1), self.key);
         if let Some((s, _)) = o.secondary {
             self.send_release(now, s, id, next);
-        }
-        if o.in_flight.is_some() {
-            self.sessions.in_flight = self.sessions.in_flight.saturating_sub(1);
         }
         self.sessions
             .bury(id, Tomb::Moved(next), self.config.max_sessions);
@@ -667,6 +671,8 @@ impl Node {
         sent_version: u64,
         body: Option<&[u8]>,
     ) {
+        // Every replication sent gets exactly one answer or failure, whether or not its session
+        // is still served: this is the only place the count goes down.
         self.sessions.in_flight = self.sessions.in_flight.saturating_sub(1);
         let Some(o) = self.sessions.owned.get_mut(&id) else {
             return;
@@ -726,11 +732,8 @@ impl Node {
 
     /// Another generation owns `id`: this member stops serving it.
     fn drop_owned(&mut self, id: SessionId, by: Generation) {
-        let Some(o) = self.sessions.owned.remove(&id) else {
+        if self.sessions.owned.remove(&id).is_none() {
             return;
-        };
-        if o.in_flight.is_some() {
-            self.sessions.in_flight = self.sessions.in_flight.saturating_sub(1);
         }
         self.stats.sessions_superseded += 1;
         self.sessions
@@ -762,11 +765,7 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(o) = self.sessions.owned.remove(&id) {
-                if o.in_flight.is_some() {
-                    self.sessions.in_flight = self.sessions.in_flight.saturating_sub(1);
-                }
-            }
+            self.sessions.owned.remove(&id);
             self.sessions.bury(id, Tomb::TimedOut, max);
             self.stats.sessions_expired += 1;
             self.push_event(Event::SessionExpired {
@@ -808,7 +807,8 @@ impl Node {
         let Some(r) = self.sessions.replicas.remove(&id) else {
             return self.resume_expired(id, ExpiredReason::Lost);
         };
-        let token = self.install(now, id, r.epoch + 1, r.primary, r.version, r.state);
+        let epoch = r.epoch.saturating_add(1);
+        let token = self.install(now, id, epoch, r.primary, r.version, r.state);
         // The former primary may be alive but cut off: once it is back, it must drop its copy.
         if r.primary != self.key && Some(r.primary) != token.secondary {
             self.send_release(now, r.primary, id, (token.epoch, self.key));
@@ -829,7 +829,7 @@ impl Node {
     ) -> SessionToken {
         let secondary = self.pick_secondary_except(id, Some(from));
         let bytes = state.bytes();
-        self.sessions.tombs.remove(&id);
+        self.sessions.unbury(id);
         self.sessions.owned.insert(
             id,
             Owned {
@@ -937,13 +937,16 @@ impl Node {
                 primary,
                 version,
                 state,
-            }) if state.bytes() <= self.config.max_session_bytes => {
+            }) if state.bytes() <= self.config.max_session_bytes
+                && epoch <= MAX_EPOCH
+                && version <= MAX_EPOCH =>
+            {
                 let Some(r) = self.sessions.resuming.remove(&id) else {
                     return;
                 };
                 // A local replica is superseded by the copy taken over.
                 self.sessions.replicas.remove(&id);
-                let new_epoch = epoch.saturating_add(1).max(r.token.epoch + 1);
+                let new_epoch = epoch.max(r.token.epoch).saturating_add(1);
                 let token = self.install(now, id, new_epoch, primary, version, state);
                 // Holders the token names, and the one asked (it kept the copy as a replica in
                 // case this answer was lost), keep an older copy unless one of them is the new
@@ -995,7 +998,16 @@ impl Node {
     /// `session_idle_timeout` passes (its copy has expired by then).
     fn send_release(&mut self, now: Instant, to: MemberKey, id: SessionId, g: Generation) {
         if self.sessions.releases.len() >= self.config.max_sessions {
-            return;
+            // Full: the release closest to giving up makes room.
+            let oldest = self
+                .sessions
+                .releases
+                .iter()
+                .min_by_key(|(_, (_, give_up, _))| *give_up)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.sessions.releases.remove(&k);
+            }
         }
         let give_up = now + self.config.session_idle_timeout;
         self.sessions.releases.insert((id, to), (g, give_up, None));
@@ -1103,7 +1115,7 @@ impl Node {
     fn apply_replication(&mut self, now: Instant, r: SessionReplicate) -> ReplicateReply {
         let incoming: Generation = (r.epoch, r.primary);
         let id = r.id;
-        if r.primary == self.key {
+        if r.primary == self.key || r.epoch > MAX_EPOCH || r.version > MAX_EPOCH {
             return ReplicateReply::Refused;
         }
         if let Some(o) = self.sessions.owned.get(&id) {
@@ -1181,7 +1193,7 @@ impl Node {
                         last_used: now,
                     },
                 );
-                self.sessions.tombs.remove(&id);
+                self.sessions.unbury(id);
                 self.schedule_sweep(now);
                 self.stats.replications_applied += 1;
                 ReplicateReply::Ack { version: r.version }
@@ -1196,10 +1208,7 @@ impl Node {
             return ClaimReply::Unknown;
         }
         if let Some(o) = self.sessions.owned.remove(&id) {
-            if o.in_flight.is_some() {
-                self.sessions.in_flight = self.sessions.in_flight.saturating_sub(1);
-            }
-            let next = (o.epoch + 1, c.claimant);
+            let next = (o.epoch.saturating_add(1), c.claimant);
             // Keep the state as a replica of the claimant's generation: if the answer is lost,
             // a retried claim finds it again.
             self.sessions.replicas.insert(
@@ -1238,7 +1247,7 @@ impl Node {
             } else {
                 (r.epoch, r.primary)
             };
-            r.epoch = epoch + 1;
+            r.epoch = epoch.saturating_add(1);
             r.primary = c.claimant;
             r.last_used = now;
             return ClaimReply::Copy {
@@ -1261,7 +1270,7 @@ impl Node {
     /// A newer generation tells this member to drop an older copy.
     fn apply_release(&mut self, r: SessionRelease) {
         let g: Generation = (r.epoch, r.primary);
-        if r.primary == self.key {
+        if r.primary == self.key || r.epoch > MAX_EPOCH {
             return;
         }
         let owned_older = self

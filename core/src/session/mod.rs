@@ -395,6 +395,10 @@ pub struct SessionToken {
     pub secondary: Option<MemberKey>,
 }
 
+/// Largest epoch (and version) a member accepts from a peer or a token: 2^62, far beyond any
+/// real count and far enough below `u64::MAX` that raising one never overflows.
+pub const MAX_EPOCH: u64 = 1 << 62;
+
 /// Version prefix of the token format.
 const TOKEN_PREFIX: &str = "s1";
 /// Longest token text accepted by [`SessionToken::from_str`].
@@ -457,9 +461,13 @@ impl FromStr for SessionToken {
         if epoch.is_empty() || epoch.len() > 20 || !epoch.bytes().all(|b| b.is_ascii_digit()) {
             return Err(TokenError::BadField("epoch"));
         }
+        let epoch: u64 = epoch.parse().map_err(|_| TokenError::BadField("epoch"))?;
+        if epoch > MAX_EPOCH {
+            return Err(TokenError::BadField("epoch"));
+        }
         Ok(SessionToken {
             id: id.parse()?,
-            epoch: epoch.parse().map_err(|_| TokenError::BadField("epoch"))?,
+            epoch,
             primary: key("primary", primary)?,
             secondary: match secondary {
                 "-" => None,
@@ -570,7 +578,7 @@ mod tests {
     fn tokens_round_trip_and_are_url_safe() {
         let t = SessionToken {
             id: SessionId(u128::MAX - 5),
-            epoch: u64::MAX,
+            epoch: MAX_EPOCH,
             primary: MemberKey(1),
             secondary: Some(MemberKey(u64::MAX)),
         };
