@@ -628,7 +628,12 @@ fn hostile_session_bodies_are_refused_without_panics() {
         req.body = body.into();
         let now = c.now;
         let resp = c.with(0, |n| n.handle_http_request(now, &req));
-        assert_eq!(resp.status, 200, "{:?}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(
+            resp.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&resp.body)
+        );
         resp.body
     };
     let id = SessionId(99);
@@ -678,5 +683,8 @@ fn hostile_session_bodies_are_refused_without_panics() {
     }
     assert_eq!(c.nodes[0].node.stats().sessions_replica, 1);
     let token = format!("s1.{id}.{}.{}.-", u64::MAX, stranger);
-    assert!(token.parse::<SessionToken>().is_err(), "epoch beyond MAX_EPOCH");
+    assert!(
+        token.parse::<SessionToken>().is_err(),
+        "epoch beyond MAX_EPOCH"
+    );
 }
