@@ -27,7 +27,9 @@
 //!   one-recovery-in-flight check; every input through the cache-size bound; every
 //!   `handle_timeout` through a no-busy-loop check; every convergence probe through the
 //!   member-table and requests-per-member bounds. [`Sim::settle`] checks convergence,
-//!   stability, completeness and the offer bounds at quiescence.
+//!   stability, completeness and the offer bounds at quiescence. With [`Sim::check_sessions`],
+//!   the [`SessionChecker`] also counts the owners of every session after every step and
+//!   checks every session failover (see its module).
 //!
 //! # Example
 //!
@@ -50,12 +52,14 @@ mod check;
 mod net;
 mod scenario;
 mod schedule;
+mod sessions;
 
 pub use baseline::{JoinBaseline, LossRecord, NakBaseline, nak_baseline};
 pub use check::{Checker, Delivery};
 pub use net::{Burst, Fate, LinkParams, Network};
 pub use scenario::{Phase, Report, Scenario};
 pub use schedule::{Op, Schedule, ScheduleOutcome, check_schedules, replay_seed};
+pub use sessions::{Failover, SessionChecker, SessionNote};
 
 use bytes::Bytes;
 use hybridcast_core::exchange::{self, StateSnapshot};
@@ -344,6 +348,9 @@ pub struct Sim {
     recovering: BTreeMap<(usize, u64, SocketAddr, Channel), u32>,
     incarnations: BTreeMap<String, u64>,
     checker: Checker,
+    sessions: SessionChecker,
+    /// Slots that handled something since the last one-owner count.
+    touched: Vec<usize>,
     traffic: Traffic,
     losses: Vec<LossRecord>,
     joins: Vec<JoinBaseline>,
@@ -372,6 +379,8 @@ impl Sim {
             recovering: BTreeMap::new(),
             incarnations: BTreeMap::new(),
             checker,
+            sessions: SessionChecker::default(),
+            touched: Vec::new(),
             traffic: Traffic::default(),
             losses: Vec::new(),
             joins: Vec::new(),
@@ -446,6 +455,29 @@ impl Sim {
         &mut self.checker
     }
 
+    /// The session checker (see [`Sim::check_sessions`]).
+    pub fn sessions(&self) -> &SessionChecker {
+        &self.sessions
+    }
+
+    /// The session checker, to record the states the test commits.
+    pub fn sessions_mut(&mut self) -> &mut SessionChecker {
+        &mut self.sessions
+    }
+
+    /// Switches the session checks on: from now on every step counts the owners of the
+    /// sessions the nodes it touched serve, every stop turns acknowledged versions into floors,
+    /// every failover is checked (see [`SessionChecker`]).
+    pub fn check_sessions(&mut self) {
+        self.sessions.enable();
+        self.count_all_owners();
+    }
+
+    /// The slot whose current process has member key `key`.
+    pub fn slot_of(&self, key: MemberKey) -> Option<usize> {
+        self.nodes.iter().position(|s| s.node.key() == key)
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.steps
@@ -509,12 +541,26 @@ impl Sim {
         if !self.nodes[i].up {
             return;
         }
+        self.sessions_stopped(i);
         self.nodes[i].up = false;
         self.nodes[i].paused_until = None;
         self.set_deadline(i, None);
         let n = &self.nodes[i].node;
         self.checker.stopped(n.key(), n.identity().incarnation);
         self.changed();
+    }
+
+    /// Slot `i` stops serving its sessions: what was acknowledged to it must survive.
+    fn sessions_stopped(&mut self, i: usize) {
+        if self.sessions.enabled() && self.nodes[i].is_live() {
+            let life = self.nodes[i].life;
+            let nodes = &self.nodes;
+            let holder = |k: MemberKey| {
+                let s = nodes.iter().position(|s| s.node.key() == k)?;
+                Some((s, nodes[s].life))
+            };
+            self.sessions.stopped(i, life, &nodes[i].node, holder);
+        }
     }
 
     /// Restarts slot `i` (crashing it first if it runs): same name and address, a new
@@ -540,6 +586,7 @@ impl Sim {
         if !self.nodes[i].is_live() {
             return;
         }
+        self.sessions_stopped(i);
         self.nodes[i].node.leave();
         self.touch(i);
         let n = &self.nodes[i].node;
@@ -591,6 +638,10 @@ impl Sim {
         }
         while let Some(e) = self.nodes[i].node.poll_event() {
             self.checker.event_within(i, life, earliest, at, &e);
+            if self.sessions.enabled() {
+                let n = &self.nodes[i].node;
+                self.sessions.event(i, life, at, &e, n, &mut self.checker);
+            }
             if self.cfg.record_events {
                 self.nodes[i].events.push((at, e));
             }
@@ -621,6 +672,7 @@ impl Sim {
         let r = f(&mut self.nodes[i].node);
         self.changed();
         self.touch(i);
+        self.count_owners();
         r
     }
 
@@ -757,6 +809,9 @@ impl Sim {
         if !self.nodes[i].up {
             return;
         }
+        if self.sessions.enabled() && !self.touched.contains(&i) {
+            self.touched.push(i);
+        }
         while let Some(t) = self.nodes[i].node.poll_transmit() {
             match t {
                 Transmit::Group(bytes) => self.multicast(i, bytes),
@@ -850,6 +905,12 @@ impl Sim {
             }
         };
         let kind = Exchange::of(&parsed.path);
+        if self.sessions.enabled() {
+            let target = self.index_of(to);
+            let (path, body) = (&parsed.path, &parsed.body);
+            self.sessions
+                .request(from, target, path, body, &mut self.checker);
+        }
         let life = self.nodes[from].life;
         if let Some(ch) = kind.channel() {
             let n = self.recovering.entry((from, life, to, ch)).or_insert(0);
@@ -1146,6 +1207,45 @@ impl Sim {
         }
     }
 
+    /// The one-owner count after a step, over the sessions of the slots it touched.
+    fn count_owners(&mut self) {
+        if !self.sessions.enabled() || self.touched.is_empty() {
+            return;
+        }
+        let focus = std::mem::take(&mut self.touched);
+        self.count_owners_of(&focus);
+        self.touched = focus;
+        self.touched.clear();
+    }
+
+    /// The one-owner count over every session of every live slot.
+    fn count_all_owners(&mut self) {
+        if self.sessions.enabled() {
+            let all: Vec<usize> = (0..self.nodes.len()).collect();
+            self.count_owners_of(&all);
+        }
+    }
+
+    fn count_owners_of(&mut self, focus: &[usize]) {
+        if self.net.is_partitioned() {
+            let n = self.nodes.len();
+            let net = &self.net;
+            let pairs = (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b)));
+            self.sessions
+                .cut(pairs.filter(|&(a, b)| !net.reachable(a, b)));
+        }
+        let at = self.elapsed();
+        let live: Vec<(usize, &Node)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_live())
+            .map(|(i, s)| (i, &s.node))
+            .collect();
+        self.sessions
+            .count_owners(focus, &live, at, &mut self.checker);
+    }
+
     // ----- running -----
 
     /// Runs until virtual time `until` (since the start). Stops early, recording a violation,
@@ -1185,6 +1285,7 @@ impl Sim {
             } else if let Some((_, i)) = timer {
                 self.fire(i);
             }
+            self.count_owners();
         }
         self.now = self.now.max(end);
     }
@@ -1375,6 +1476,11 @@ impl Sim {
             self.checker.violation(msg);
         }
         self.check_table_bounds();
+        if self.sessions.enabled() {
+            // Healed and settled: both sides of a former partition count again.
+            self.sessions.healed();
+            self.count_all_owners();
+        }
         if converged {
             let sim = &*self;
             let live: Vec<(usize, u64)> =

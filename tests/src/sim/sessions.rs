@@ -4,11 +4,14 @@
 //! simulator:
 //!
 //! - after every step (a delivery, a served request, a timer, a command run with
-//!   [`Sim::with`](super::Sim::with)) counts, for every session id, the live nodes that serve it
-//!   ([`Node::session`] is `Some`), and records a violation when two do. While the network is
-//!   partitioned both sides may legitimately serve a session (each takes it over from what it
-//!   can reach), so from the first step that sees a partition the count waits until
-//!   [`Sim::settle`](super::Sim::settle) has healed it and converged, and is taken then;
+//!   [`Sim::with`](super::Sim::with)) counts, for every session served by a node the step
+//!   touched (a second owner can only appear on a node that handled something), the live
+//!   nodes that serve it ([`Node::session`] is `Some`), and records a violation when two do.
+//!   Two sides of a partition may legitimately both serve a session (each takes it over from
+//!   what it can reach), and keep doing so until the heal has propagated, so a pair of nodes
+//!   seen cut off from each other is exempt until the end of the next
+//!   [`Sim::settle`](super::Sim::settle), which heals, converges and then counts every session
+//!   over all live nodes;
 //! - at every [`crash`](super::Sim::crash) (restart, leave) remembers, for each session the
 //!   node served, the highest version its secondary had acknowledged: the larger of
 //!   [`SessionInfo::replicated`](hybridcast_core::SessionInfo::replicated) and the
@@ -17,14 +20,20 @@
 //! - at every `SessionFailover` checks that the new primary serves the session at a version
 //!   no lower than the floor, and, for a session whose commits the test records
 //!   ([`SessionChecker::record_commit`]), with exactly the state recorded for that version.
-//!   Version 0 of a [`tracked`](SessionChecker::track) session is the empty state.
+//!   Version 0 of a [`tracked`](SessionChecker::track) session is the empty state;
+//! - at every session request (replicate, claim, release) decodes the POST body — one that
+//!   does not decode is a violation — and notes which members were told about which session
+//!   ([`SessionChecker::contacts`]).
 //!
 //! The test drives put / commit on the primary and keeps the expected state itself; this
-//! checker only compares. It also logs failovers, expiries and supersessions per session for
-//! the test to inspect.
+//! checker only compares. It also logs failovers, expiries, supersessions and acknowledgements
+//! per session for the test to inspect.
 
 use super::Checker;
-use hybridcast_core::{Event, ExpiredReason, MemberKey, Node, SessionId, SessionState, SessionToken};
+use hybridcast_core::exchange::{self, SessionClaim, SessionRelease, SessionReplicate};
+use hybridcast_core::{
+    Event, ExpiredReason, MemberKey, Node, SessionId, SessionState, SessionToken, codec,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -67,16 +76,19 @@ pub struct SessionNote {
 #[derive(Debug, Default)]
 pub struct SessionChecker {
     enabled: bool,
-    /// A partition was seen: the one-owner count waits for the end of the next settle.
-    suspended: bool,
+    /// Pairs partitioned from each other at some step since the last settle.
+    cut: BTreeSet<(usize, usize)>,
     /// States the test committed, per session and version (more than one per version when
     /// an unacknowledged version was lost and the number reused, or both sides of a
     /// partition committed).
     committed: BTreeMap<SessionId, BTreeMap<u64, Vec<SessionState>>>,
-    /// Highest version acknowledged to a primary that then stopped.
-    floor: BTreeMap<SessionId, u64>,
+    /// Highest version acknowledged to a primary that then stopped, and the secondary
+    /// (slot, life) that held it then.
+    floor: BTreeMap<SessionId, (u64, Option<(usize, u64)>)>,
     /// Highest `SessionReplicated` per (slot, life, session) in the current ownership.
     acked: BTreeMap<(usize, u64, SessionId), u64>,
+    /// Slots that sent or were sent a session exchange about a session.
+    contacts: BTreeMap<SessionId, BTreeSet<usize>>,
     /// Owner sets already reported, so a lasting violation is reported once.
     reported: BTreeSet<(SessionId, Vec<usize>)>,
     /// Every failover seen.
@@ -87,9 +99,11 @@ pub struct SessionChecker {
     pub superseded: Vec<(SessionNote, MemberKey)>,
     /// Every `SessionReplicated` seen, with the version.
     pub replicated: Vec<(SessionNote, u64)>,
+    /// Session exchanges (replicate, claim, release) sent, their bodies decoded.
+    pub exchanges: u64,
     /// One-owner counts taken.
     pub owner_checks: u64,
-    /// Most live nodes seen serving one session at a step where the count applied.
+    /// Most live nodes seen serving one session at once (cut-off pairs included).
     pub max_owners: usize,
 }
 
@@ -103,27 +117,9 @@ impl SessionChecker {
         self.enabled = true;
     }
 
-    /// True while the one-owner count waits for a settle after a partition.
-    pub fn suspended(&self) -> bool {
-        self.suspended
-    }
-
-    pub(crate) fn suspend(&mut self) {
-        self.suspended = true;
-    }
-
-    pub(crate) fn resume_counting(&mut self) {
-        self.suspended = false;
-    }
-
     /// Starts recording `id`: its version 0 is the empty state.
     pub fn track(&mut self, id: SessionId) {
-        let v0 = self
-            .committed
-            .entry(id)
-            .or_default()
-            .entry(0)
-            .or_default();
+        let v0 = self.committed.entry(id).or_default().entry(0).or_default();
         if v0.is_empty() {
             v0.push(SessionState::default());
         }
@@ -151,19 +147,15 @@ impl SessionChecker {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// True if `state` was recorded as `version` of `id`.
-    pub fn is_committed(&self, id: SessionId, version: u64, state: &SessionState) -> bool {
-        self.committed(id, version).contains(state)
-    }
-
-    /// Sessions the test records.
-    pub fn tracked(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.committed.keys().copied()
-    }
-
     /// The highest version of `id` acknowledged to a primary that then stopped (0 if none).
     pub fn floor(&self, id: SessionId) -> u64 {
-        self.floor.get(&id).copied().unwrap_or(0)
+        self.floor.get(&id).map_or(0, |f| f.0)
+    }
+
+    /// The secondary (slot, process life) that had acknowledged [`SessionChecker::floor`]
+    /// when the primary stopped: if that process is gone too, the session may be lost.
+    pub fn floor_holder(&self, id: SessionId) -> Option<(usize, u64)> {
+        self.floor.get(&id).and_then(|f| f.1)
     }
 
     /// The failovers of `id`, oldest first.
@@ -182,20 +174,61 @@ impl SessionChecker {
             .copied()
     }
 
-    /// The highest version slot `node` (process `life`) heard acknowledged for `id` in its
-    /// current ownership.
-    pub fn acked(&self, node: usize, life: u64, id: SessionId) -> Option<u64> {
-        self.acked.get(&(node, life, id)).copied()
+    /// Slots that ever sent or were sent a replication, claim or release of `id`: the members
+    /// that may hold a copy of it or a record of where it went.
+    pub fn contacts(&self, id: SessionId) -> impl Iterator<Item = usize> + '_ {
+        self.contacts.get(&id).into_iter().flatten().copied()
+    }
+
+    /// A session request from slot `from` to slot `to` (if it names one) on `path` with
+    /// `body`: notes who was told about which session. A session path whose body does not
+    /// decode is a violation (the simulator must carry POST bodies intact).
+    pub(crate) fn request(
+        &mut self,
+        from: usize,
+        to: Option<usize>,
+        path: &str,
+        body: &[u8],
+        out: &mut Checker,
+    ) {
+        if !path.starts_with(exchange::PATH_SESSION_PREFIX) {
+            return;
+        }
+        let id = session_id_of(path, body);
+        match id {
+            Ok(id) => {
+                self.exchanges += 1;
+                let c = self.contacts.entry(id).or_default();
+                c.insert(from);
+                c.extend(to);
+            }
+            Err(e) => out.violation(format!(
+                "node {from} sent {path} with a body of {} bytes that does not decode: {e}",
+                body.len()
+            )),
+        }
     }
 
     /// Slot `node` (process `life`) stops: what its secondaries acknowledged becomes floors.
-    pub(crate) fn stopped(&mut self, node: usize, life: u64, n: &Node) {
+    /// `holder` names the slot and life of a member key's process.
+    pub(crate) fn stopped(
+        &mut self,
+        node: usize,
+        life: u64,
+        n: &Node,
+        holder: impl Fn(MemberKey) -> Option<(usize, u64)>,
+    ) {
         for id in n.session_ids() {
-            let info = n.session(id).and_then(|i| i.replicated);
+            let Some(info) = n.session(id) else {
+                continue;
+            };
             let events = self.acked.get(&(node, life, id)).copied();
-            if let Some(v) = info.max(events) {
-                let f = self.floor.entry(id).or_insert(0);
-                *f = (*f).max(v);
+            if let Some(v) = info.replicated.max(events) {
+                let secondary = info.token.secondary.and_then(&holder);
+                let f = self.floor.entry(id).or_insert((0, None));
+                if v >= f.0 {
+                    *f = (v, secondary);
+                }
             }
         }
         self.acked.retain(|&(s, l, _), _| (s, l) != (node, life));
@@ -298,27 +331,67 @@ impl SessionChecker {
         }
     }
 
-    /// The one-owner count over the live nodes `live` (slot, node).
-    pub(crate) fn count_owners<'a>(
+    /// Pairs cut off from each other now (the network is partitioned): from now until the
+    /// end of the next settle, two owners on such a pair are tolerated.
+    pub(crate) fn cut(&mut self, pairs: impl Iterator<Item = (usize, usize)>) {
+        self.cut.extend(pairs);
+    }
+
+    /// The settle after a partition healed and converged: every pair counts again.
+    pub(crate) fn healed(&mut self) {
+        self.cut.clear();
+    }
+
+    /// True if owners `a` and `b` of one session may legitimately coexist.
+    fn tolerated(&self, a: usize, b: usize) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    /// The one-owner count: every session served by a node of `focus` (the nodes that
+    /// handled something this step; all of them for a full count) against every node of
+    /// `live`.
+    pub(crate) fn count_owners(
         &mut self,
-        live: impl Iterator<Item = (usize, &'a Node)>,
+        focus: &[usize],
+        live: &[(usize, &Node)],
         at: Duration,
         out: &mut Checker,
     ) {
         self.owner_checks += 1;
-        let mut owners: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
-        for (i, n) in live {
+        for &(i, n) in live.iter().filter(|(i, _)| focus.contains(i)) {
             for id in n.session_ids() {
-                owners.entry(id).or_default().push(i);
-            }
-        }
-        for (id, nodes) in owners {
-            self.max_owners = self.max_owners.max(nodes.len());
-            if nodes.len() > 1 && self.reported.insert((id, nodes.clone())) {
-                out.violation(format!(
-                    "at {at:?} session {id} is served by nodes {nodes:?} at once"
-                ));
+                let owners: Vec<usize> = live
+                    .iter()
+                    .filter(|(j, m)| *j == i || m.session(id).is_some())
+                    .map(|(j, _)| *j)
+                    .collect();
+                self.max_owners = self.max_owners.max(owners.len());
+                let clash = owners
+                    .iter()
+                    .enumerate()
+                    .any(|(k, &a)| owners[k + 1..].iter().any(|&b| !self.tolerated(a, b)));
+                if clash && self.reported.insert((id, owners.clone())) {
+                    out.violation(format!(
+                        "at {at:?} session {id} is served by nodes {owners:?} at once"
+                    ));
+                }
             }
         }
     }
+}
+
+/// The session a replication, claim or release body is about.
+pub(crate) fn session_id_of(path: &str, body: &[u8]) -> Result<SessionId, String> {
+    let limit = body.len();
+    let id = match path {
+        exchange::PATH_SESSION_REPLICATE => {
+            codec::decode::<SessionReplicate>(body, limit).map(|r| r.id)
+        }
+        exchange::PATH_SESSION_CLAIM => codec::decode::<SessionClaim>(body, limit).map(|c| c.id),
+        exchange::PATH_SESSION_RELEASE => {
+            codec::decode::<SessionRelease>(body, limit).map(|r| r.id)
+        }
+        _ => return Err(format!("not a session path: {path}")),
+    };
+    id.map_err(|e| e.to_string())
 }
