@@ -25,12 +25,9 @@
 //! HYBRIDCAST_BENCH_QUICK=1 cargo bench -p hybridcast-core --bench sessions
 //! ```
 
-use bytes::Bytes;
 use hybridcast_core::http;
 use hybridcast_core::session::{LogicalRef, pool};
-use hybridcast_core::{
-    Config, Identity, Node, Resume, SessionId, SessionToken, Transmit, Value, codec,
-};
+use hybridcast_core::{Config, Identity, Node, Resume, SessionToken, Transmit, Value, codec};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -219,13 +216,12 @@ fn main() {
         let start = Instant::now();
         let mut total = 0usize;
         for s in &states {
-            total += codec::encode(s).map(|b| Bytes::from(b).len()).unwrap_or(0);
+            total += codec::encode(s).map_or(0, |b| b.len());
         }
         let encode = start.elapsed().as_secs_f64() / states.len() as f64;
         assert!(total > 0);
         best_resume = best_resume.min(resume);
         best_encode = best_encode.min(encode);
-        let _: Vec<SessionId> = tokens.iter().map(|t| t.id).collect();
     }
     println!(
         "BENCH session_resume_failover_us {:.2} us",

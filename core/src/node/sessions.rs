@@ -186,34 +186,7 @@ impl Node {
             }
         };
         let secondary = self.pick_secondary(id);
-        self.sessions.owned.insert(
-            id,
-            Owned {
-                state: SessionState::default(),
-                bytes: 0,
-                version: 0,
-                epoch: 1,
-                secondary,
-                acked: None,
-                log: VecDeque::new(),
-                log_bytes: 0,
-                pending: Vec::new(),
-                in_flight: None,
-                queued: false,
-                refresh: false,
-                retry_at: None,
-                backoff: self.config.recovery_backoff_initial,
-                last_used: now,
-                last_replicated: now,
-            },
-        );
-        self.schedule_sweep(now);
-        Ok(self.owned_token(id).unwrap_or(SessionToken {
-            id,
-            epoch: 1,
-            primary: self.key,
-            secondary: None,
-        }))
+        Ok(self.serve_new(now, id, SessionState::default(), 0, 1, secondary))
     }
 
     /// Sets `pool[key] = value` in a session this member serves; returns the value replaced.
@@ -487,6 +460,47 @@ impl Node {
         o.last_used = now;
         o.pending.push(change.clone());
         Ok(o.state.apply(change))
+    }
+
+    /// Starts serving `state` as `version` of generation `(epoch, self)` with `secondary`;
+    /// returns its token.
+    fn serve_new(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        state: SessionState,
+        version: u64,
+        epoch: u64,
+        secondary: Option<(MemberKey, u64)>,
+    ) -> SessionToken {
+        self.sessions.owned.insert(
+            id,
+            Owned {
+                bytes: state.bytes(),
+                state,
+                version,
+                epoch,
+                secondary,
+                acked: None,
+                log: VecDeque::new(),
+                log_bytes: 0,
+                pending: Vec::new(),
+                in_flight: None,
+                queued: false,
+                refresh: false,
+                retry_at: None,
+                backoff: self.config.recovery_backoff_initial,
+                last_used: now,
+                last_replicated: now,
+            },
+        );
+        self.schedule_sweep(now);
+        SessionToken {
+            id,
+            epoch,
+            primary: self.key,
+            secondary: secondary.map(|(k, _)| k),
+        }
     }
 
     fn owned_token(&self, id: SessionId) -> Option<SessionToken> {
@@ -828,37 +842,9 @@ impl Node {
         state: SessionState,
     ) -> SessionToken {
         let secondary = self.pick_secondary_except(id, Some(from));
-        let bytes = state.bytes();
         self.sessions.unbury(id);
-        self.sessions.owned.insert(
-            id,
-            Owned {
-                state: state.clone(),
-                bytes,
-                version,
-                epoch,
-                secondary,
-                acked: None,
-                log: VecDeque::new(),
-                log_bytes: 0,
-                pending: Vec::new(),
-                in_flight: None,
-                queued: false,
-                refresh: false,
-                retry_at: None,
-                backoff: self.config.recovery_backoff_initial,
-                last_used: now,
-                last_replicated: now,
-            },
-        );
-        self.schedule_sweep(now);
+        let token = self.serve_new(now, id, state.clone(), version, epoch, secondary);
         self.stats.sessions_failed_over += 1;
-        let token = self.owned_token(id).unwrap_or(SessionToken {
-            id,
-            epoch,
-            primary: self.key,
-            secondary: None,
-        });
         self.push_event(Event::SessionFailover {
             id,
             from,
