@@ -151,6 +151,10 @@ pub struct SessionReplicate {
     pub epoch: u64,
     /// The primary (with `epoch`, the copy's generation).
     pub primary: crate::ids::MemberKey,
+    /// Which of the primary's choices of secondary in this generation the copy belongs to
+    /// (it rises each time the primary picks one): a late message sent to an earlier choice
+    /// never overwrites a later copy, and a release to a former secondary never drops one.
+    pub assignment: u64,
     /// Version after the payload is applied.
     pub version: u64,
     /// The payload.
@@ -185,6 +189,9 @@ pub struct SessionClaim {
     pub id: crate::session::SessionId,
     /// The member taking it over.
     pub claimant: crate::ids::MemberKey,
+    /// The newest epoch the claimant knows of (its token's): the claimant will serve the
+    /// session at a higher one.
+    pub epoch: u64,
     /// Members the claimant could not reach while looking for the session: a holder does not
     /// send it back to one of them with `Moved`.
     pub unreachable: Vec<crate::ids::MemberKey>,
@@ -193,24 +200,29 @@ pub struct SessionClaim {
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClaimReply {
-    /// The holder's copy; the holder now keeps it as a replica of the claimant's new
-    /// generation `(epoch + 1, claimant)`.
+    /// The holder's copy, handed over: the claimant serves it from now on as generation
+    /// `(serve_epoch, claimant)`. The holder keeps the copy (in case this answer is lost) but
+    /// answers any other claimant with `Moved` to the claimant while the claimant is alive.
     Copy {
-        /// Epoch of the copy.
-        epoch: u64,
-        /// Its primary.
+        /// The epoch the claimant serves the session at: above the claim's `epoch` and above
+        /// every generation the holder knows of.
+        serve_epoch: u64,
+        /// The primary the copy came from.
         primary: crate::ids::MemberKey,
-        /// Its version.
+        /// Its version (committed changes only).
         version: u64,
         /// The state.
         state: crate::session::SessionState,
     },
-    /// Another member owns the session now: ask it.
+    /// Another member owns the session now, as far as this holder knows: ask it.
     Moved {
         /// Epoch of that member's generation.
         epoch: u64,
         /// The owner.
         primary: crate::ids::MemberKey,
+        /// The holder keeps a copy: if the owner cannot be reached, a claim naming it among
+        /// the unreachable members gets the copy here.
+        copy: bool,
     },
     /// The holder expired it for idleness.
     TimedOut,
@@ -223,8 +235,16 @@ pub enum ClaimReply {
 pub struct SessionRelease {
     /// The session.
     pub id: crate::session::SessionId,
-    /// Epoch of the new generation.
+    /// With `primary` and `assignment`: the receiver drops every copy ranked below
+    /// `(epoch, primary, assignment)` (generation first, then assignment), and stops serving
+    /// the session if its own generation is older than `(epoch, primary)`.
+    ///
+    /// A member taking a session over sends its new generation with assignment 0 (its own
+    /// secondary's copy, assignment 1 or more, stays); a primary leaving a secondary behind
+    /// sends its generation with the new assignment.
     pub epoch: u64,
-    /// Its primary.
+    /// Primary of that generation.
     pub primary: crate::ids::MemberKey,
+    /// The assignment below which copies of that generation go.
+    pub assignment: u64,
 }

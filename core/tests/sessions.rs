@@ -642,6 +642,7 @@ fn hostile_session_bodies_are_refused_without_panics() {
         id,
         epoch: u64::MAX,
         primary: stranger,
+        assignment: 1,
         version: 1,
         payload: ReplicaPayload::Full(SessionState::default()),
     })
@@ -652,6 +653,7 @@ fn hostile_session_bodies_are_refused_without_panics() {
     let claim = codec::encode(&SessionClaim {
         id,
         claimant: MemberKey(888),
+        epoch: u64::MAX,
         unreachable: vec![],
     })
     .expect("encode");
@@ -665,6 +667,7 @@ fn hostile_session_bodies_are_refused_without_panics() {
             id,
             epoch,
             primary: stranger,
+            assignment: 0,
         })
         .expect("encode");
         post(&mut c, exchange::PATH_SESSION_RELEASE, release);
@@ -672,6 +675,7 @@ fn hostile_session_bodies_are_refused_without_panics() {
             id,
             epoch,
             primary: stranger,
+            assignment: 1,
             version: 1,
             payload: ReplicaPayload::Full(SessionState::default()),
         })

@@ -808,6 +808,7 @@ impl Node {
                         m.state = MemberState::Alive;
                         let peer = peer_of(m);
                         self.push_event(Event::MemberAlive { peer });
+                        self.sessions.membership_changed();
                     }
                     true
                 }
@@ -1029,6 +1030,7 @@ impl Node {
             m.state = MemberState::Alive;
             let peer = peer_of(m);
             self.push_event(Event::MemberAlive { peer });
+            self.sessions.membership_changed();
         }
         for channel in Channel::ALL {
             let d = std::mem::take(&mut deliveries[channel.index()]);

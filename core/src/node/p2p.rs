@@ -455,6 +455,7 @@ impl Node {
                     m.state = MemberState::Alive;
                     let peer = super::peer_of(m);
                     self.push_event(Event::MemberAlive { peer });
+                    self.sessions.membership_changed();
                 }
             }
         }

@@ -23,6 +23,14 @@ use std::time::{Duration, Instant};
 /// A session's generation: `(epoch, primary)`, ordered lexicographically.
 type Generation = (u64, MemberKey);
 
+/// A copy's rank: its generation, then which of that primary's choices of secondary it was
+/// made for (`SessionReplicate::assignment`). Releases drop copies ranked below theirs.
+type Rank = (u64, MemberKey, u64);
+
+fn rank(g: Generation, assignment: u64) -> Rank {
+    (g.0, g.1, assignment)
+}
+
 /// Most members a resume asks, following `Moved` answers included.
 const MAX_CLAIM_HOPS: usize = 8;
 
@@ -35,6 +43,8 @@ struct Owned {
     epoch: u64,
     /// The secondary and the incarnation it had when chosen (a restart loses its copies).
     secondary: Option<(MemberKey, u64)>,
+    /// Rises each time a secondary is chosen (see [`Rank`]).
+    assignment: u64,
     /// Version the secondary holds in this generation.
     acked: Option<u64>,
     /// Committed changes after `acked`, one entry per version, contiguous.
@@ -42,6 +52,8 @@ struct Owned {
     log_bytes: usize,
     /// Changes since the last commit.
     pending: Vec<Change>,
+    /// What undoes `pending`, in the same order (see [`Owned::committed_state`]).
+    undo: Vec<Change>,
     in_flight: Option<RequestId>,
     queued: bool,
     /// The secondary's idle clock needs a refresh even without new versions.
@@ -62,6 +74,16 @@ impl Owned {
             && self.in_flight.is_none()
             && (self.acked != Some(self.version) || self.refresh)
     }
+
+    /// The state as of `version`: the uncommitted changes undone. Full copies and handovers
+    /// carry this, never an interaction in progress.
+    fn committed_state(&self) -> SessionState {
+        let mut state = self.state.clone();
+        for change in self.undo.iter().rev() {
+            state.apply(change.clone());
+        }
+        state
+    }
 }
 
 /// A copy this member holds for another member's session.
@@ -71,12 +93,26 @@ struct Replica {
     version: u64,
     epoch: u64,
     primary: MemberKey,
+    assignment: u64,
+    /// Handed over by a claim to this newer generation: the copy is kept only in case the
+    /// claimant never got the answer.
+    handed: Option<Generation>,
     last_used: Instant,
 }
 
 impl Replica {
+    /// The generation the copy came from.
     fn generation(&self) -> Generation {
         (self.epoch, self.primary)
+    }
+
+    fn rank(&self) -> Rank {
+        rank(self.generation(), self.assignment)
+    }
+
+    /// The newest generation this holder knows to own the session.
+    fn owner(&self) -> Generation {
+        self.handed.unwrap_or(self.generation())
     }
 }
 
@@ -84,17 +120,23 @@ impl Replica {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tomb {
     TimedOut,
-    Moved(Generation),
+    /// Another generation owns it; copies ranked below this were dropped.
+    Moved(Rank),
 }
 
 /// A resume waiting for a claim.
 #[derive(Debug)]
 struct Resuming {
     token: SessionToken,
+    /// Claims start once this member has joined (before, it does not know the cluster).
+    started: bool,
     candidates: VecDeque<MemberKey>,
     asked: usize,
     /// Members whose claim failed (unreachable, or no useful answer).
     unreachable: Vec<MemberKey>,
+    /// The newest generation heard of: claims ask to serve above its epoch, and a `Moved`
+    /// to an older one is not followed.
+    newest: Generation,
     timed_out: bool,
 }
 
@@ -112,9 +154,11 @@ pub(super) struct Sessions {
     /// Releases not yet acknowledged: (session, former holder) → (generation, give up at,
     /// request in flight). Resent while the holder is alive, so a holder cut off when the
     /// session moved still drops its copy when it comes back.
-    releases: BTreeMap<(SessionId, MemberKey), (Generation, Instant, Option<RequestId>)>,
+    releases: BTreeMap<(SessionId, MemberKey), (Rank, Instant, Option<RequestId>)>,
     /// Membership changed: secondaries must be checked.
     dirty: bool,
+    /// Resumes wait for this member to join.
+    deferred: bool,
     next_sweep: Option<Instant>,
 }
 
@@ -250,6 +294,7 @@ impl Node {
         if !o.pending.is_empty() {
             o.version += 1;
             let changes = std::mem::take(&mut o.pending);
+            o.undo.clear();
             if o.secondary.is_some() {
                 o.log_bytes += changes.iter().map(Change::cost).sum::<usize>();
                 o.log.push_back((o.version, changes));
@@ -274,10 +319,10 @@ impl Node {
         };
         let next = (o.epoch.saturating_add(1), self.key);
         if let Some((s, _)) = o.secondary {
-            self.send_release(now, s, id, next);
+            self.send_release(now, s, id, rank(next, 0));
         }
         self.sessions
-            .bury(id, Tomb::Moved(next), self.config.max_sessions);
+            .bury(id, Tomb::Moved(rank(next, 0)), self.config.max_sessions);
         Ok(true)
     }
 
@@ -319,9 +364,65 @@ impl Node {
                 return Ok(Resume::Ready(self.owned_token(id).unwrap_or(token)));
             }
             // The token names a newer generation: this copy is stale.
-            self.drop_owned(id, wanted);
+            self.drop_owned(now, id, wanted);
         }
-        let local = self.sessions.replicas.get(&id).map(|r| r.generation());
+        if let Some(r) = self.sessions.replicas.get(&id) {
+            let named = token.secondary == Some(me) && r.handed.is_none() && r.owner() >= wanted;
+            let primary_alive = self
+                .members
+                .get(&token.primary)
+                .is_some_and(|m| m.state == MemberState::Alive);
+            if named && !primary_alive {
+                return Ok(self.promote_replica(now, id, &token));
+            }
+        } else if self.sessions.held() >= self.config.max_sessions {
+            return Err(SessionError::TooManySessions {
+                max: self.config.max_sessions,
+            });
+        }
+        self.sessions.resuming.insert(
+            id,
+            Resuming {
+                token,
+                started: false,
+                candidates: VecDeque::new(),
+                asked: 0,
+                unreachable: Vec::new(),
+                newest: wanted,
+                timed_out: self.sessions.tombs.get(&id) == Some(&Tomb::TimedOut),
+            },
+        );
+        if !self.is_joined() {
+            // Not knowing the cluster yet, this member cannot tell a lost session from a live
+            // one: the claims start once it has joined (see `sessions_settle`).
+            self.sessions.deferred = true;
+            return Ok(Resume::Pending);
+        }
+        Ok(self.start_claims(now, id))
+    }
+
+    /// Starts looking for a session being resumed: asks the members that may hold a copy, or
+    /// promotes a local replica, or reports it expired.
+    fn start_claims(&mut self, now: Instant, id: SessionId) -> Resume {
+        let Some(r) = self.sessions.resuming.get(&id) else {
+            return Resume::Pending;
+        };
+        let token = r.token;
+        let mut newest = r.newest;
+        let mut order: Vec<MemberKey> = Vec::new();
+        if let Some(Tomb::Moved((epoch, primary, _))) = self.sessions.tombs.get(&id) {
+            order.push(*primary);
+            newest = newest.max((*epoch, *primary));
+        }
+        order.push(token.primary);
+        order.extend(token.secondary);
+        let local = self.sessions.replicas.get(&id);
+        if let Some(r) = local {
+            order.push(r.owner().1);
+            order.push(r.primary);
+            newest = newest.max(r.owner());
+        }
+        let has_local = local.is_some();
         let alive = |n: &Node, k: MemberKey| {
             n.members
                 .get(&k)
@@ -330,21 +431,6 @@ impl Node {
         let live = |n: &Node, k: MemberKey| {
             k != n.key && n.members.get(&k).is_some_and(|m| m.state.is_live())
         };
-        if let Some(gen_r) = local {
-            let named = token.secondary == Some(me) && gen_r >= wanted;
-            if named && !alive(self, token.primary) {
-                return Ok(self.promote_replica(now, id));
-            }
-        }
-        let mut order: Vec<MemberKey> = Vec::new();
-        if let Some(Tomb::Moved((_, p))) = self.sessions.tombs.get(&id) {
-            order.push(*p);
-        }
-        order.push(token.primary);
-        order.extend(token.secondary);
-        if let Some((_, p)) = local {
-            order.push(p);
-        }
         let mut candidates = VecDeque::new();
         // Alive members first: a suspect one probably cannot answer.
         for pass_alive in [true, false] {
@@ -355,34 +441,26 @@ impl Node {
             }
         }
         if candidates.is_empty() {
-            if local.is_some() {
-                return Ok(self.promote_replica(now, id));
+            let Some(r) = self.sessions.resuming.remove(&id) else {
+                return Resume::Pending;
+            };
+            if has_local {
+                return self.promote_replica(now, id, &r.token);
             }
-            let reason = if self.sessions.tombs.get(&id) == Some(&Tomb::TimedOut) {
+            let reason = if r.timed_out {
                 ExpiredReason::TimedOut
             } else {
                 ExpiredReason::Lost
             };
-            return Ok(self.resume_expired(id, reason));
+            return self.resume_expired(id, reason);
         }
-        if self.sessions.held() >= self.config.max_sessions && local.is_none() {
-            return Err(SessionError::TooManySessions {
-                max: self.config.max_sessions,
-            });
+        if let Some(r) = self.sessions.resuming.get_mut(&id) {
+            r.started = true;
+            r.candidates = candidates;
+            r.newest = newest;
         }
-        let timed_out = self.sessions.tombs.get(&id) == Some(&Tomb::TimedOut);
-        self.sessions.resuming.insert(
-            id,
-            Resuming {
-                token,
-                candidates,
-                asked: 0,
-                unreachable: Vec::new(),
-                timed_out,
-            },
-        );
         self.next_claim(now, id);
-        Ok(Resume::Pending)
+        Resume::Pending
     }
 
     // ----- getters -----
@@ -459,7 +537,13 @@ impl Node {
         o.bytes = bytes;
         o.last_used = now;
         o.pending.push(change.clone());
-        Ok(o.state.apply(change))
+        let (pool, key) = (change.target().0.to_owned(), change.target().1.to_owned());
+        let old = o.state.apply(change);
+        o.undo.push(match old.clone() {
+            Some(value) => Change::Put { pool, key, value },
+            None => Change::Remove { pool, key },
+        });
+        Ok(old)
     }
 
     /// Starts serving `state` as `version` of generation `(epoch, self)` with `secondary`;
@@ -481,10 +565,12 @@ impl Node {
                 version,
                 epoch,
                 secondary,
+                assignment: 1,
                 acked: None,
                 log: VecDeque::new(),
                 log_bytes: 0,
                 pending: Vec::new(),
+                undo: Vec::new(),
                 in_flight: None,
                 queued: false,
                 refresh: false,
@@ -555,8 +641,21 @@ impl Node {
             return;
         }
         if std::mem::take(&mut self.sessions.dirty) {
-            self.reassign_secondaries();
+            self.reassign_secondaries(now);
             self.resend_releases(now);
+        }
+        if self.sessions.deferred && self.is_joined() {
+            self.sessions.deferred = false;
+            let waiting: Vec<SessionId> = self
+                .sessions
+                .resuming
+                .iter()
+                .filter(|(_, r)| !r.started)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in waiting {
+                self.start_claims(now, id);
+            }
         }
         while let Some(&(at, id)) = self.sessions.retries.first() {
             if at > now {
@@ -585,7 +684,7 @@ impl Node {
     }
 
     /// Checks every served session's secondary after a membership change.
-    fn reassign_secondaries(&mut self) {
+    fn reassign_secondaries(&mut self, now: Instant) {
         let ids: Vec<SessionId> = self.sessions.owned.keys().copied().collect();
         for id in ids {
             let current = self.sessions.owned.get(&id).and_then(|o| o.secondary);
@@ -601,16 +700,32 @@ impl Node {
             if next == current {
                 continue;
             }
-            if let Some(o) = self.sessions.owned.get_mut(&id) {
-                o.secondary = next;
-                o.acked = None;
-                o.log.clear();
-                o.log_bytes = 0;
-                o.retry_at = None;
-                o.backoff = self.config.recovery_backoff_initial;
-            }
+            let me = self.key;
+            let backoff = self.config.recovery_backoff_initial;
+            let Some(o) = self.sessions.owned.get_mut(&id) else {
+                continue;
+            };
+            o.secondary = next;
+            o.assignment += 1;
+            // A replication in flight went to the former secondary: its answer says nothing
+            // about the new one (it is ignored when it comes).
+            o.in_flight = None;
+            o.acked = None;
+            o.log.clear();
+            o.log_bytes = 0;
+            o.retry_at = None;
+            o.backoff = backoff;
+            let below = rank(o.generation(me), o.assignment);
             if next.is_some() {
                 self.queue_replication(id);
+            }
+            // A former secondary that is still around (suspect, or declared failed but only
+            // cut off) keeps a copy nobody would update: once it answers, it drops it. One
+            // that restarted has none.
+            if let Some((k, _)) = current {
+                if next.is_none_or(|(n, _)| n != k) {
+                    self.release_holders(now, id, below, [k]);
+                }
             }
         }
     }
@@ -639,13 +754,14 @@ impl Node {
                     .flat_map(|(_, c)| c.iter().cloned())
                     .collect(),
             },
-            None => ReplicaPayload::Full(o.state.clone()),
+            None => ReplicaPayload::Full(o.committed_state()),
         };
         let full = matches!(payload, ReplicaPayload::Full(_));
         let body = SessionReplicate {
             id,
             epoch: o.epoch,
             primary: me,
+            assignment: o.assignment,
             version: o.version,
             payload,
         };
@@ -720,7 +836,7 @@ impl Node {
             Some(ReplicateReply::Superseded { epoch, primary }) => {
                 self.stats.replications_failed += 1;
                 if (epoch, primary) > o.generation(self.key) {
-                    self.drop_owned(id, (epoch, primary));
+                    self.drop_owned(now, id, (epoch, primary));
                 } else {
                     self.retry_replication(now, id);
                 }
@@ -744,15 +860,39 @@ impl Node {
         self.sessions.retries.insert((at, id));
     }
 
-    /// Another generation owns `id`: this member stops serving it.
-    fn drop_owned(&mut self, id: SessionId, by: Generation) {
-        if self.sessions.owned.remove(&id).is_none() {
+    /// Another generation owns `id`: this member stops serving it, and its secondary is told
+    /// to drop the copy of the generation that ended.
+    fn drop_owned(&mut self, now: Instant, id: SessionId, by: Generation) {
+        let Some(o) = self.sessions.owned.remove(&id) else {
             return;
-        }
+        };
         self.stats.sessions_superseded += 1;
         self.sessions
-            .bury(id, Tomb::Moved(by), self.config.max_sessions);
+            .bury(id, Tomb::Moved(rank(by, 0)), self.config.max_sessions);
         self.push_event(Event::SessionSuperseded { id, by: by.1 });
+        if let Some((s, _)) = o.secondary {
+            self.release_holders(now, id, rank(by, 0), [s]);
+        }
+    }
+
+    /// Tells every member in `holders` (but this one and `below`'s primary) to drop its
+    /// copies of `id` ranked below `below`. A copy of that rank or above is never dropped: a
+    /// takeover releases with assignment 0, so the new generation's own secondary can be among
+    /// them.
+    fn release_holders(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        below: Rank,
+        holders: impl IntoIterator<Item = MemberKey>,
+    ) {
+        let mut done: Vec<MemberKey> = vec![self.key, below.1];
+        for k in holders {
+            if !done.contains(&k) {
+                done.push(k);
+                self.send_release(now, k, id, below);
+            }
+        }
     }
 
     fn schedule_sweep(&mut self, now: Instant) {
@@ -816,18 +956,20 @@ impl Node {
         Resume::Expired(reason)
     }
 
-    /// The local replica becomes the served session of a new generation.
-    fn promote_replica(&mut self, now: Instant, id: SessionId) -> Resume {
+    /// The local replica becomes the served session of a new generation, above every one
+    /// the replica or `token` names; the other holders are told to drop their copies.
+    fn promote_replica(&mut self, now: Instant, id: SessionId, token: &SessionToken) -> Resume {
         let Some(r) = self.sessions.replicas.remove(&id) else {
             return self.resume_expired(id, ExpiredReason::Lost);
         };
-        let epoch = r.epoch.saturating_add(1);
-        let token = self.install(now, id, epoch, r.primary, r.version, r.state);
+        let owner = r.owner();
+        let epoch = owner.0.max(token.epoch).saturating_add(1);
+        let new = self.install(now, id, epoch, r.primary, r.version, r.state);
         // The former primary may be alive but cut off: once it is back, it must drop its copy.
-        if r.primary != self.key && Some(r.primary) != token.secondary {
-            self.send_release(now, r.primary, id, (token.epoch, self.key));
-        }
-        Resume::FailedOver(token)
+        let holders = [r.primary, owner.1, token.primary];
+        let below = rank((epoch, self.key), 0);
+        self.release_holders(now, id, below, holders.into_iter().chain(token.secondary));
+        Resume::FailedOver(new)
     }
 
     /// Serves `state` from now on as generation `(epoch, self)`, picks a secondary, and
@@ -873,6 +1015,7 @@ impl Node {
                 let claim = SessionClaim {
                     id,
                     claimant: self.key,
+                    epoch: r.newest.0,
                     unreachable: r.unreachable.clone(),
                 };
                 let Ok(bytes) = codec::encode(&claim) else {
@@ -892,7 +1035,7 @@ impl Node {
                     return;
                 };
                 if self.sessions.replicas.contains_key(&id) {
-                    self.promote_replica(now, id);
+                    self.promote_replica(now, id, &r.token);
                 } else {
                     let reason = if r.timed_out {
                         ExpiredReason::TimedOut
@@ -917,47 +1060,63 @@ impl Node {
         }
         let limit = self.config.max_request_body();
         let reply = body.and_then(|b| codec::decode::<ClaimReply>(b, limit).ok());
+        let me = self.key;
         match reply {
             Some(ClaimReply::Copy {
-                epoch,
+                serve_epoch,
                 primary,
                 version,
                 state,
             }) if state.bytes() <= self.config.max_session_bytes
-                && epoch <= MAX_EPOCH
-                && version <= MAX_EPOCH =>
+                && serve_epoch <= MAX_EPOCH
+                && version <= MAX_EPOCH
+                && self
+                    .sessions
+                    .resuming
+                    .get(&id)
+                    .is_some_and(|r| serve_epoch > r.token.epoch) =>
             {
                 let Some(r) = self.sessions.resuming.remove(&id) else {
                     return;
                 };
                 // A local replica is superseded by the copy taken over.
-                self.sessions.replicas.remove(&id);
-                let new_epoch = epoch.max(r.token.epoch).saturating_add(1);
-                let token = self.install(now, id, new_epoch, primary, version, state);
-                // Holders the token names, and the one asked (it kept the copy as a replica in
-                // case this answer was lost), keep an older copy unless one of them is the new
-                // secondary: tell them to drop it.
-                let mut others = vec![r.token.primary, from, primary];
-                others.extend(r.token.secondary);
-                others.sort();
-                others.dedup();
-                for k in others {
-                    if k != self.key && Some(k) != token.secondary {
-                        self.send_release(now, k, id, (new_epoch, self.key));
-                    }
+                let local = self.sessions.replicas.remove(&id);
+                self.install(now, id, serve_epoch, primary, version, state);
+                // Every member that may keep an older copy drops it: the holders the token
+                // names, the one asked (it kept the copy in case this answer was lost), the
+                // copy's primary, and whoever this member's own replica came from.
+                let t = r.token;
+                let mut holders = vec![t.primary, from, primary];
+                holders.extend(t.secondary);
+                if let Some(l) = local {
+                    holders.extend([l.primary, l.owner().1]);
                 }
+                self.release_holders(now, id, rank((serve_epoch, me), 0), holders);
             }
-            Some(ClaimReply::Moved { primary, .. }) => {
+            Some(ClaimReply::Moved {
+                epoch,
+                primary,
+                copy,
+            }) => {
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
-                    // Ask the owner it names, then this holder again: if the owner cannot be
-                    // reached, the holder hands its copy over on the second ask.
-                    if !r.candidates.contains(&from) {
-                        r.candidates.push_front(from);
+                    let g = (epoch.min(MAX_EPOCH), primary);
+                    // Follow it to a generation at least as new as any heard of, unless it
+                    // names a member already found unreachable (or this one).
+                    let follow =
+                        primary != me && !r.unreachable.contains(&primary) && g >= r.newest;
+                    if copy {
+                        // The holder hands its copy over once the owner is known unreachable:
+                        // ask it again, right after the owner.
+                        r.candidates.retain(|k| *k != from);
+                        if follow {
+                            r.candidates.push_front(from);
+                        } else {
+                            r.candidates.push_back(from);
+                        }
                     }
-                    if primary != self.key
-                        && !r.unreachable.contains(&primary)
-                        && !r.candidates.contains(&primary)
-                    {
+                    if follow {
+                        r.newest = g;
+                        r.candidates.retain(|k| *k != primary);
                         r.candidates.push_front(primary);
                     }
                 }
@@ -982,7 +1141,7 @@ impl Node {
 
     /// Tells `to` to drop its copies of `id` older than `g`, until it acknowledges or
     /// `session_idle_timeout` passes (its copy has expired by then).
-    fn send_release(&mut self, now: Instant, to: MemberKey, id: SessionId, g: Generation) {
+    fn send_release(&mut self, now: Instant, to: MemberKey, id: SessionId, below: Rank) {
         if self.sessions.releases.len() >= self.config.max_sessions {
             // Full: the release closest to giving up makes room.
             let oldest = self
@@ -996,14 +1155,20 @@ impl Node {
             }
         }
         let give_up = now + self.config.session_idle_timeout;
-        self.sessions.releases.insert((id, to), (g, give_up, None));
+        let below = match self.sessions.releases.get(&(id, to)) {
+            Some((earlier, _, _)) => below.max(*earlier),
+            None => below,
+        };
+        self.sessions
+            .releases
+            .insert((id, to), (below, give_up, None));
         self.schedule_sweep(now);
         self.resend_releases(now);
     }
 
     /// Sends every unacknowledged release whose target is alive and not already asked.
     fn resend_releases(&mut self, now: Instant) {
-        let due: Vec<((SessionId, MemberKey), Generation, std::net::SocketAddr)> = self
+        let due: Vec<((SessionId, MemberKey), Rank, std::net::SocketAddr)> = self
             .sessions
             .releases
             .iter()
@@ -1018,6 +1183,7 @@ impl Node {
                 id,
                 epoch: g.0,
                 primary: g.1,
+                assignment: g.2,
             };
             let Ok(bytes) = codec::encode(&body) else {
                 continue;
@@ -1083,7 +1249,7 @@ impl Node {
                 let Ok(r) = codec::decode::<SessionRelease>(&req.body, limit) else {
                     return Some(Response::error(400, "bad release body"));
                 };
-                self.apply_release(r);
+                self.apply_release(now, r);
                 Ok(Vec::new())
             }
             _ => return None,
@@ -1100,6 +1266,7 @@ impl Node {
     /// The secondary's side of a replication.
     fn apply_replication(&mut self, now: Instant, r: SessionReplicate) -> ReplicateReply {
         let incoming: Generation = (r.epoch, r.primary);
+        let incoming_rank = rank(incoming, r.assignment);
         let id = r.id;
         if r.primary == self.key || r.epoch > MAX_EPOCH || r.version > MAX_EPOCH {
             return ReplicateReply::Refused;
@@ -1114,28 +1281,35 @@ impl Node {
                 };
             }
             // A newer generation exists elsewhere: this member's copy is stale.
-            self.drop_owned(id, incoming);
+            self.drop_owned(now, id, incoming);
         }
-        if let Some(Tomb::Moved(g)) = self.sessions.tombs.get(&id) {
-            if *g > incoming {
+        // What this member knows to be newer: the generation a copy it holds was handed to,
+        // or the rank a release dropped copies below.
+        let newer = match (
+            self.sessions.replicas.get(&id),
+            self.sessions.tombs.get(&id),
+        ) {
+            (Some(copy), _) => Some((copy.owner(), copy.rank())),
+            (None, Some(Tomb::Moved(t))) => Some(((t.0, t.1), *t)),
+            _ => None,
+        };
+        if let Some((owner, held)) = newer {
+            if owner > incoming {
                 self.stats.replications_superseded += 1;
                 return ReplicateReply::Superseded {
-                    epoch: g.0,
-                    primary: g.1,
+                    epoch: owner.0,
+                    primary: owner.1,
                 };
+            }
+            if held > incoming_rank {
+                // Sent to an earlier choice of secondary, and overtaken: never goes back.
+                return ReplicateReply::Refused;
             }
         }
         let max_bytes = self.config.max_session_bytes;
         match (self.sessions.replicas.get_mut(&id), r.payload) {
-            (Some(copy), _) if copy.generation() > incoming => {
-                self.stats.replications_superseded += 1;
-                ReplicateReply::Superseded {
-                    epoch: copy.epoch,
-                    primary: copy.primary,
-                }
-            }
             (Some(copy), ReplicaPayload::Delta { base, changes })
-                if copy.generation() == incoming && copy.version == base && r.version >= base =>
+                if copy.rank() == incoming_rank && copy.version == base && r.version >= base =>
             {
                 let mut bytes = copy.state.bytes();
                 for c in &changes {
@@ -1155,7 +1329,7 @@ impl Node {
                 ReplicateReply::Ack { version: r.version }
             }
             (Some(copy), ReplicaPayload::Delta { .. })
-                if copy.generation() == incoming && copy.version >= r.version =>
+                if copy.rank() == incoming_rank && copy.version >= r.version =>
             {
                 copy.last_used = now;
                 ReplicateReply::Ack {
@@ -1163,6 +1337,14 @@ impl Node {
                 }
             }
             (_, ReplicaPayload::Delta { .. }) => ReplicateReply::NeedFull,
+            (Some(copy), ReplicaPayload::Full(_))
+                if copy.rank() == incoming_rank && copy.version > r.version =>
+            {
+                // A late copy of an older version: keep the newer one.
+                ReplicateReply::Ack {
+                    version: copy.version,
+                }
+            }
             (existing, ReplicaPayload::Full(state)) => {
                 if state.bytes() > max_bytes
                     || (existing.is_none() && self.sessions.held() >= self.config.max_sessions)
@@ -1176,6 +1358,8 @@ impl Node {
                         version: r.version,
                         epoch: r.epoch,
                         primary: r.primary,
+                        assignment: r.assignment,
+                        handed: None,
                         last_used: now,
                     },
                 );
@@ -1190,72 +1374,94 @@ impl Node {
     /// A member takes over a session this member holds a copy of.
     fn serve_claim(&mut self, now: Instant, c: SessionClaim) -> ClaimReply {
         let id = c.id;
-        if c.claimant == self.key || c.unreachable.len() > MAX_CLAIM_HOPS {
+        if c.claimant == self.key || c.unreachable.len() > MAX_CLAIM_HOPS || c.epoch >= MAX_EPOCH {
             return ClaimReply::Unknown;
         }
+        let reachable = |n: &Node, k: MemberKey| {
+            !c.unreachable.contains(&k)
+                && n.members
+                    .get(&k)
+                    .is_some_and(|m| m.state == MemberState::Alive)
+        };
         if let Some(o) = self.sessions.owned.remove(&id) {
-            let next = (o.epoch.saturating_add(1), c.claimant);
-            // Keep the state as a replica of the claimant's generation: if the answer is lost,
-            // a retried claim finds it again.
+            let handed = (o.epoch.max(c.epoch) + 1, c.claimant);
+            let state = o.committed_state();
+            // Keep the committed state: if the answer is lost, a retried claim finds it again.
             self.sessions.replicas.insert(
                 id,
                 Replica {
-                    state: o.state.clone(),
+                    state: state.clone(),
                     version: o.version,
-                    epoch: next.0,
-                    primary: c.claimant,
+                    epoch: o.epoch,
+                    primary: self.key,
+                    assignment: o.assignment,
+                    handed: Some(handed),
                     last_used: now,
                 },
             );
             self.stats.sessions_superseded += 1;
             self.push_event(Event::SessionSuperseded { id, by: c.claimant });
+            // The secondary keeps a copy of the generation that just ended.
+            if let Some((s, _)) = o.secondary {
+                self.release_holders(now, id, rank(handed, 0), [s]);
+            }
             return ClaimReply::Copy {
-                epoch: o.epoch,
+                serve_epoch: handed.0,
                 primary: self.key,
                 version: o.version,
-                state: o.state,
+                state,
             };
         }
-        if let Some(r) = self.sessions.replicas.get_mut(&id) {
-            let primary_live = self
-                .members
-                .get(&r.primary)
-                .is_some_and(|m| m.state == MemberState::Alive);
-            if r.primary != c.claimant && primary_live && !c.unreachable.contains(&r.primary) {
+        if let Some(owner) = self.sessions.replicas.get(&id).map(Replica::owner) {
+            let again = self
+                .sessions
+                .replicas
+                .get(&id)
+                .is_some_and(|r| r.handed.is_some_and(|h| h.1 == c.claimant));
+            let serve_epoch = if again {
+                // A retried claim: the same generation, unless the claimant knows a newer one.
+                owner.0.max(c.epoch + 1)
+            } else if owner.1 != c.claimant && reachable(self, owner.1) {
                 return ClaimReply::Moved {
-                    epoch: r.epoch,
-                    primary: r.primary,
+                    epoch: owner.0,
+                    primary: owner.1,
+                    copy: true,
                 };
-            }
-            let (epoch, primary) = if r.primary == c.claimant {
-                // A retried claim: the copy already belongs to the claimant's generation.
-                (r.epoch.saturating_sub(1), r.primary)
             } else {
-                (r.epoch, r.primary)
+                owner.0.max(c.epoch) + 1
             };
-            r.epoch = epoch.saturating_add(1);
-            r.primary = c.claimant;
+            let Some(r) = self.sessions.replicas.get_mut(&id) else {
+                return ClaimReply::Unknown;
+            };
+            r.handed = Some((serve_epoch, c.claimant));
             r.last_used = now;
             return ClaimReply::Copy {
-                epoch,
-                primary,
+                serve_epoch,
+                primary: r.primary,
                 version: r.version,
                 state: r.state.clone(),
             };
         }
         match self.sessions.tombs.get(&id) {
             Some(Tomb::TimedOut) => ClaimReply::TimedOut,
-            Some(Tomb::Moved((epoch, primary))) if *primary != c.claimant => ClaimReply::Moved {
-                epoch: *epoch,
-                primary: *primary,
-            },
+            Some(Tomb::Moved((epoch, primary, _)))
+                if *primary != c.claimant && *primary != self.key && reachable(self, *primary) =>
+            {
+                ClaimReply::Moved {
+                    epoch: *epoch,
+                    primary: *primary,
+                    copy: false,
+                }
+            }
             _ => ClaimReply::Unknown,
         }
     }
 
-    /// A newer generation tells this member to drop an older copy.
-    fn apply_release(&mut self, r: SessionRelease) {
+    /// A newer generation, or a primary that chose another secondary, tells this member to
+    /// drop its older copies.
+    fn apply_release(&mut self, now: Instant, r: SessionRelease) {
         let g: Generation = (r.epoch, r.primary);
+        let below = rank(g, r.assignment);
         if r.primary == self.key || r.epoch > MAX_EPOCH {
             return;
         }
@@ -1265,24 +1471,26 @@ impl Node {
             .get(&r.id)
             .is_some_and(|o| o.generation(self.key) < g);
         if owned_older {
-            self.drop_owned(r.id, g);
+            self.drop_owned(now, r.id, g);
         }
         let replica_older = self
             .sessions
             .replicas
             .get(&r.id)
-            .is_some_and(|c| c.generation() <= g);
+            .is_some_and(|c| c.rank() < below);
         if replica_older {
             self.sessions.replicas.remove(&r.id);
         }
-        if !self.sessions.owned.contains_key(&r.id) {
+        let held =
+            self.sessions.owned.contains_key(&r.id) || self.sessions.replicas.contains_key(&r.id);
+        if !held {
             let newer = match self.sessions.tombs.get(&r.id) {
-                Some(Tomb::Moved(old)) => *old < g,
+                Some(Tomb::Moved(old)) => *old < below,
                 _ => true,
             };
             if newer {
                 self.sessions
-                    .bury(r.id, Tomb::Moved(g), self.config.max_sessions);
+                    .bury(r.id, Tomb::Moved(below), self.config.max_sessions);
             }
         }
     }

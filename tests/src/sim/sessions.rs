@@ -76,6 +76,9 @@ pub struct SessionNote {
 #[derive(Debug, Default)]
 pub struct SessionChecker {
     enabled: bool,
+    /// The session whose exchanges, events and stops are printed to stderr
+    /// (`HYBRIDCAST_SIM_TRACE_SESSION=<id>`): a debugging aid.
+    trace: Option<SessionId>,
     /// Pairs partitioned from each other at some step since the last settle.
     cut: BTreeSet<(usize, usize)>,
     /// States the test committed, per session and version (more than one per version when
@@ -115,6 +118,9 @@ impl SessionChecker {
 
     pub(crate) fn enable(&mut self) {
         self.enabled = true;
+        self.trace = std::env::var("HYBRIDCAST_SIM_TRACE_SESSION")
+            .ok()
+            .and_then(|s| s.parse().ok());
     }
 
     /// Starts recording `id`: its version 0 is the empty state.
@@ -195,6 +201,11 @@ impl SessionChecker {
             return;
         }
         let id = session_id_of(path, body);
+        if let (Ok(id), Some(t)) = (&id, self.trace) {
+            if *id == t {
+                eprintln!("trace: {from} -> {to:?} {}", describe(path, body));
+            }
+        }
         match id {
             Ok(id) => {
                 self.exchanges += 1;
@@ -218,6 +229,13 @@ impl SessionChecker {
         n: &Node,
         holder: impl Fn(MemberKey) -> Option<(usize, u64)>,
     ) {
+        if let Some(t) = self.trace {
+            eprintln!(
+                "trace: node {node}/{life} stops serving {:?}, holding {:?}",
+                n.session(t),
+                n.session_replica(t).map(|r| (r.0, r.1, r.2))
+            );
+        }
         for id in n.session_ids() {
             let Some(info) = n.session(id) else {
                 continue;
@@ -245,6 +263,18 @@ impl SessionChecker {
         out: &mut Checker,
     ) {
         let note = |id| SessionNote { node, life, at, id };
+        if let Some(t) = self.trace {
+            let about = match e {
+                Event::SessionReplicated { id, .. }
+                | Event::SessionSuperseded { id, .. }
+                | Event::SessionExpired { id, .. }
+                | Event::SessionFailover { id, .. } => *id == t,
+                _ => false,
+            };
+            if about {
+                eprintln!("trace: {at:?} node {node}/{life}: {e:?}");
+            }
+        }
         match e {
             Event::SessionReplicated { id, version } => {
                 let served = n.session(*id).map(|i| i.version);
@@ -394,4 +424,30 @@ pub(crate) fn session_id_of(path: &str, body: &[u8]) -> Result<SessionId, String
         _ => return Err(format!("not a session path: {path}")),
     };
     id.map_err(|e| e.to_string())
+}
+
+/// A session request body in words, for the trace.
+fn describe(path: &str, body: &[u8]) -> String {
+    let limit = body.len();
+    let d = match path {
+        exchange::PATH_SESSION_REPLICATE => {
+            codec::decode::<SessionReplicate>(body, limit).map(|r| {
+                format!(
+                    "replicate e{} {} v{} {:?}",
+                    r.epoch,
+                    r.primary,
+                    r.version,
+                    matches!(r.payload, exchange::ReplicaPayload::Full(_))
+                )
+            })
+        }
+        exchange::PATH_SESSION_CLAIM => {
+            codec::decode::<SessionClaim>(body, limit).map(|c| format!("{c:?}"))
+        }
+        exchange::PATH_SESSION_RELEASE => {
+            codec::decode::<SessionRelease>(body, limit).map(|r| format!("{r:?}"))
+        }
+        _ => return path.to_owned(),
+    };
+    d.unwrap_or_else(|e| e.to_string())
 }
