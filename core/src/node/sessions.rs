@@ -97,6 +97,8 @@ struct Replica {
     /// Handed over by a claim to this newer generation: the copy is kept only in case the
     /// claimant never got the answer.
     handed: Option<Generation>,
+    /// When the primary last replicated to this member.
+    heard: Instant,
     last_used: Instant,
 }
 
@@ -138,6 +140,16 @@ struct Resuming {
     /// to an older one is not followed.
     newest: Generation,
     timed_out: bool,
+}
+
+impl Resuming {
+    /// Notes a member that could not be asked or did not help (at most `MAX_CLAIM_HOPS`, the
+    /// most a holder accepts in a claim).
+    fn mark_unreachable(&mut self, k: MemberKey) {
+        if !self.unreachable.contains(&k) && self.unreachable.len() < MAX_CLAIM_HOPS {
+            self.unreachable.push(k);
+        }
+    }
 }
 
 /// Session tables of one node.
@@ -366,16 +378,9 @@ impl Node {
             // The token names a newer generation: this copy is stale.
             self.drop_owned(now, id, wanted);
         }
-        if let Some(r) = self.sessions.replicas.get(&id) {
-            let named = token.secondary == Some(me) && r.handed.is_none() && r.owner() >= wanted;
-            let primary_alive = self
-                .members
-                .get(&token.primary)
-                .is_some_and(|m| m.state == MemberState::Alive);
-            if named && !primary_alive {
-                return Ok(self.promote_replica(now, id, &token));
-            }
-        } else if self.sessions.held() >= self.config.max_sessions {
+        if !self.sessions.replicas.contains_key(&id)
+            && self.sessions.held() >= self.config.max_sessions
+        {
             return Err(SessionError::TooManySessions {
                 max: self.config.max_sessions,
             });
@@ -409,6 +414,27 @@ impl Node {
         };
         let token = r.token;
         let mut newest = r.newest;
+        let local = self.sessions.replicas.get(&id);
+        // A primary declared departed that has replicated to this member since is not gone (it
+        // restarted, or was wrongly declared failed, and this member has not heard yet): it is
+        // asked like a live member.
+        let heard_since = |n: &Node, k: MemberKey| {
+            local.is_some_and(|l| l.primary == k && n.heard_after_departure(k, l.heard))
+        };
+        if let Some(l) = local {
+            let named =
+                token.secondary == Some(self.key) && l.handed.is_none() && l.owner() >= newest;
+            // A suspect primary is asked first too (it may be slow, not gone): it hands over its
+            // latest committed state, and two members never serve the session.
+            let primary_live = self
+                .members
+                .get(&token.primary)
+                .is_some_and(|m| m.state.is_live());
+            if named && !primary_live && !heard_since(self, token.primary) {
+                self.sessions.resuming.remove(&id);
+                return self.promote_replica(now, id, &token);
+            }
+        }
         let mut order: Vec<MemberKey> = Vec::new();
         if let Some(Tomb::Moved((epoch, primary, _))) = self.sessions.tombs.get(&id) {
             order.push(*primary);
@@ -416,11 +442,10 @@ impl Node {
         }
         order.push(token.primary);
         order.extend(token.secondary);
-        let local = self.sessions.replicas.get(&id);
-        if let Some(r) = local {
-            order.push(r.owner().1);
-            order.push(r.primary);
-            newest = newest.max(r.owner());
+        if let Some(l) = local {
+            order.push(l.owner().1);
+            order.push(l.primary);
+            newest = newest.max(l.owner());
         }
         let has_local = local.is_some();
         let alive = |n: &Node, k: MemberKey| {
@@ -429,7 +454,8 @@ impl Node {
                 .is_some_and(|m| m.state == MemberState::Alive)
         };
         let live = |n: &Node, k: MemberKey| {
-            k != n.key && n.members.get(&k).is_some_and(|m| m.state.is_live())
+            k != n.key
+                && (n.members.get(&k).is_some_and(|m| m.state.is_live()) || heard_since(n, k))
         };
         let mut candidates = VecDeque::new();
         // Alive members first: a suspect one probably cannot answer.
@@ -587,6 +613,15 @@ impl Node {
             primary: self.key,
             secondary: secondary.map(|(k, _)| k),
         }
+    }
+
+    /// True if `k` is known departed (failed or left) but replicated to this member at
+    /// `heard`, after it was declared so: it restarted, or was wrongly declared failed, and
+    /// membership has not caught up yet.
+    fn heard_after_departure(&self, k: MemberKey, heard: Instant) -> bool {
+        self.members
+            .get(&k)
+            .is_some_and(|m| !m.state.is_live() && m.departed_at.is_some_and(|d| heard > d))
     }
 
     fn owned_token(&self, id: SessionId) -> Option<SessionToken> {
@@ -1029,7 +1064,11 @@ impl Node {
                     Purpose::Claim { id, member },
                 );
             }
-            (Some(_), None) => self.next_claim(now, id),
+            (Some(k), None) => {
+                // Not a member this one knows: it cannot be asked.
+                r.mark_unreachable(k);
+                self.next_claim(now, id)
+            }
             (None, _) => {
                 let Some(r) = self.sessions.resuming.remove(&id) else {
                     return;
@@ -1130,9 +1169,7 @@ impl Node {
             }
             _ => {
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
-                    if !r.unreachable.contains(&from) {
-                        r.unreachable.push(from);
-                    }
+                    r.mark_unreachable(from);
                 }
                 self.next_claim(now, id);
             }
@@ -1325,6 +1362,7 @@ impl Node {
                 }
                 copy.version = r.version;
                 copy.last_used = now;
+                copy.heard = now;
                 self.stats.replications_applied += 1;
                 ReplicateReply::Ack { version: r.version }
             }
@@ -1332,6 +1370,7 @@ impl Node {
                 if copy.rank() == incoming_rank && copy.version >= r.version =>
             {
                 copy.last_used = now;
+                copy.heard = now;
                 ReplicateReply::Ack {
                     version: copy.version,
                 }
@@ -1360,6 +1399,7 @@ impl Node {
                         primary: r.primary,
                         assignment: r.assignment,
                         handed: None,
+                        heard: now,
                         last_used: now,
                     },
                 );
@@ -1377,11 +1417,18 @@ impl Node {
         if c.claimant == self.key || c.unreachable.len() > MAX_CLAIM_HOPS || c.epoch >= MAX_EPOCH {
             return ClaimReply::Unknown;
         }
+        // The owner may still serve the session unless the claimant could not reach it or
+        // this member knows it departed (one it does not know yet, having just started, gets
+        // the benefit of the doubt: at worst the claimant comes back naming it unreachable).
+        let heard = self
+            .sessions
+            .replicas
+            .get(&id)
+            .map(|r| (r.primary, r.heard));
         let reachable = |n: &Node, k: MemberKey| {
             !c.unreachable.contains(&k)
-                && n.members
-                    .get(&k)
-                    .is_some_and(|m| m.state == MemberState::Alive)
+                && (n.members.get(&k).is_none_or(|m| m.state.is_live())
+                    || heard.is_some_and(|(p, at)| p == k && n.heard_after_departure(k, at)))
         };
         if let Some(o) = self.sessions.owned.remove(&id) {
             let handed = (o.epoch.max(c.epoch) + 1, c.claimant);
@@ -1396,6 +1443,7 @@ impl Node {
                     primary: self.key,
                     assignment: o.assignment,
                     handed: Some(handed),
+                    heard: now,
                     last_used: now,
                 },
             );
