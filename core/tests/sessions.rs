@@ -277,6 +277,49 @@ fn a_live_primary_hands_over_its_newest_state() {
     );
 }
 
+/// An interaction in progress on the primary (changes not committed) is never handed over:
+/// a claim gets the state of the last commit, under its version, and so does a secondary
+/// chosen while changes are pending.
+#[test]
+fn only_committed_state_is_handed_over_or_copied() {
+    let mut c = cluster(4, 7, test_config());
+    let token = session_with_cart(&mut c, 2);
+    let committed = c.nodes[0]
+        .node
+        .session_state(token.id)
+        .cloned()
+        .expect("state");
+    // An interaction starts: one key replaced, one removed, one added; no commit.
+    let cart = pool::application("cart-qty");
+    put(&mut c, 0, token.id, &cart, "p-0", Value::raw("changed"));
+    let now = c.now;
+    let removed = c.with(0, |n| n.session_remove(now, token.id, &cart, "p-1"));
+    assert_eq!(removed, Ok(Some(Value::raw(vec![1]))));
+    put(&mut c, 0, token.id, "global", "draft", Value::raw("x"));
+    assert_ne!(c.nodes[0].node.session_state(token.id), Some(&committed));
+    // The secondary restarts (losing its copy): the primary sends a full copy.
+    let si = index_of(&c, token.secondary.expect("secondary"));
+    c.restart(si);
+    c.run_for(Duration::from_secs(3));
+    let info = c.nodes[0].node.session(token.id).expect("served");
+    assert!(info.uncommitted);
+    let s2 = index_of(&c, info.token.secondary.expect("a secondary again"));
+    let (_, _, version, copy) = c.nodes[s2]
+        .node
+        .session_replica(token.id)
+        .expect("a full copy");
+    assert_eq!((version, copy), (1, &committed));
+    // Another member claims the session from the live primary.
+    let third = (1..4).find(|&i| i != s2).expect("third");
+    assert_eq!(resume(&mut c, third, info.token), Resume::Pending);
+    c.run_for(Duration::from_millis(300));
+    let f = failovers(&c, third, token.id);
+    assert_eq!(f.len(), 1, "{:?}", c.events(third));
+    assert_eq!(f[0].2, committed);
+    let taken = c.nodes[third].node.session(token.id).expect("served");
+    assert_eq!((taken.version, taken.uncommitted), (1, false));
+}
+
 #[test]
 fn no_surviving_copy_is_expired_never_empty() {
     let mut c = cluster(4, 7, test_config());

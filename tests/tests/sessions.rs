@@ -8,9 +8,12 @@
 //! committed as that version, never below the version the stopped primary had seen
 //! acknowledged. The tests keep each session's expected state themselves.
 //!
-//! The runs found several core bugs. Each has an ignored test reproducing it (run them with
-//! `-- --ignored`); the green scenarios steer clear of them (see `Driver::careful`), and
-//! ignored variants of the scenario and the property run without that care.
+//! Users come back on any live member, joined or not, whatever it knows or suspects of their
+//! session, and crashed members restart at any time. The runs found several core bugs in
+//! races around failover, fixed in core; each keeps a regression test below with the seed that
+//! showed it (`a_resume_on_…`, `a_claimed_primary_…`, `a_secondary_picked_…`, …).
+//!
+//! `HYBRIDCAST_SIM_TRACE_SESSION=<id>` prints one session's exchanges and events.
 //!
 //! A failing property case prints its seed; `HYBRIDCAST_SIM_SEED=<seed> cargo test -p
 //! hybridcast-tests --test sessions` replays just that one.
@@ -68,21 +71,6 @@ struct Driver {
     pending: usize,
     /// Versions lost because they were not acknowledged when their primary stopped.
     rolled_back: u64,
-    /// Steer clear of the known core bugs (the ignored tests below reproduce each): users
-    /// come back only on members where a resume cannot go in circles — which reports a live
-    /// session lost, or promotes a local replica beside the live primary — that is, not on a
-    /// member that once had to do with their session and may keep a record of where it went
-    /// (`resuming_where_the_session_once_was_follows_the_moves`; the current primary is fine,
-    /// and the secondary once the primary is gone), nor on one that currently suspects the
-    /// primary (`a_resume_on_a_member_that_suspects_the_primary_finds_it_through_the_secondary`);
-    /// a crashed member restarts only once every member has noticed it failed
-    /// (`a_secondary_picked_while_a_replication_is_in_flight_gets_the_copy`); at the end, stale
-    /// replicas left on other members
-    /// (`a_claimed_primary_leaves_its_reassigned_secondary_a_stale_copy`) and sessions left
-    /// without a secondary (`a_session_finds_a_secondary_again_once_a_suspect_member_answers`)
-    /// are tolerated — the checker still sees any failover that would serve a stale copy. Off,
-    /// users come back on any joined member and crashed members restart at any time.
-    careful: bool,
 }
 
 impl Driver {
@@ -105,7 +93,6 @@ impl Driver {
             failovers: 0,
             pending: 0,
             rolled_back: 0,
-            careful: true,
         }
     }
 
@@ -138,58 +125,20 @@ impl Driver {
         (self.sim.slot(p).is_live() && self.sim.node(p).session(user.id).is_some()).then_some(p)
     }
 
-    /// A random live member that has joined (as a load balancer's health check would pick:
-    /// see `a_resume_on_a_member_that_has_not_joined_yet_does_not_report_a_live_session_lost`
-    /// for why), other than `except`.
+    /// A random live member, joined or not, other than `except`.
     fn random_live(&mut self, except: Option<usize>) -> Option<usize> {
         let live: Vec<usize> = self
             .sim
             .live()
             .into_iter()
-            .filter(|&i| Some(i) != except && self.sim.node(i).is_joined())
+            .filter(|&i| Some(i) != except)
             .collect();
         (!live.is_empty()).then(|| live[self.rng.below(live.len() as u64) as usize])
     }
 
-    /// Where user `u` comes back: a random joined live member (see [`Driver::careful`]).
-    fn resume_target(&mut self, u: usize) -> Option<usize> {
-        if !self.careful {
-            return self.random_live(None);
-        }
-        let id = self.users[u].id;
-        let token = self.users[u].token;
-        let deadline = self.sim.elapsed() + 2 * SECOND;
-        loop {
-            let primary = self.primary(u);
-            let secondary = token.secondary.and_then(|k| self.sim.slot_of(k));
-            let contacts: Vec<usize> = self.sim.sessions().contacts(id).collect();
-            let sim = &self.sim;
-            let suspects_primary = |i: usize| {
-                sim.node(i)
-                    .member(token.primary)
-                    .is_some_and(|m| m.state == MemberState::Suspect)
-            };
-            // The primary itself; a member that never heard of the session; its secondary
-            // once the primary is gone (even if it keeps a stale record, the copy it falls
-            // back on is then the right one).
-            let safe = |i: usize| {
-                Some(i) == primary
-                    || !contacts.contains(&i)
-                    || (primary.is_none() && Some(i) == secondary)
-            };
-            let fresh: Vec<usize> = sim
-                .live()
-                .into_iter()
-                .filter(|&i| sim.node(i).is_joined() && !suspects_primary(i) && safe(i))
-                .collect();
-            if !fresh.is_empty() {
-                return Some(fresh[self.rng.below(fresh.len() as u64) as usize]);
-            }
-            if self.sim.elapsed() >= deadline {
-                return self.random_live(None);
-            }
-            self.sim.run_for(ms(10));
-        }
+    /// Where user `u` comes back: any live member.
+    fn resume_target(&mut self, _u: usize) -> Option<usize> {
+        self.random_live(None)
     }
 
     fn random_change(&mut self) -> Change {
@@ -426,17 +375,6 @@ impl Driver {
         self.sim.crash(victim);
     }
 
-    /// True once every live member other than `i` sees slot `i` as departed (not live).
-    fn all_see_failed(&self, i: usize) -> bool {
-        let key = self.sim.node(i).key();
-        self.sim.live().into_iter().filter(|&j| j != i).all(|j| {
-            self.sim
-                .node(j)
-                .member(key)
-                .is_none_or(|m| !m.state.is_live())
-        })
-    }
-
     /// Every user whose primary is gone comes back on a random live node.
     fn resume_orphans(&mut self) {
         for u in 0..self.users.len() {
@@ -449,12 +387,10 @@ impl Driver {
     }
 
     /// After a settle: every surviving session is served by exactly one live node at the
-    /// user's version and state, and its secondary holds the same. Returns what the known
-    /// core bugs left (see [`Driver::careful`]): stale replicas on other members, sessions
-    /// without a secondary.
-    fn check_final_owners(&self) -> Vec<String> {
+    /// user's version and state; its secondary holds the same, acknowledged; no other member
+    /// keeps a copy; and one with a commit has a secondary while another member is live.
+    fn check_final(&self) {
         let live = self.sim.live();
-        let mut known = Vec::new();
         for user in &self.users {
             let id = user.id;
             let owners: Vec<usize> = live
@@ -479,14 +415,14 @@ impl Driver {
                 "{id} on node {o}"
             );
             let secondary = info.token.secondary.and_then(|k| self.sim.slot_of(k));
-            if user.version > 0 && secondary.is_none() {
-                // Known core bug: a_session_finds_a_secondary_again_once_a_suspect_member_answers.
-                assert!(live.len() > 1, "{id} on node {o} has no secondary");
-                known.push(format!(
+            if user.version > 0 {
+                assert!(
+                    secondary.is_some() || live.len() == 1,
                     "{id} on node {o} has no secondary though {} members are live",
                     live.len()
-                ));
-            } else if let (true, Some(s)) = (user.version > 0, secondary) {
+                );
+            }
+            if let (true, Some(s)) = (user.version > 0, secondary) {
                 let (epoch, primary, version, copy) = self
                     .sim
                     .node(s)
@@ -499,26 +435,20 @@ impl Driver {
             }
             for &i in &live {
                 if i != o && Some(i) != secondary {
-                    if let Some((e, p, v, _)) = self.sim.node(i).session_replica(id) {
-                        let p = self.sim.slot_of(p);
-                        // Known core bug:
-                        // a_claimed_primary_leaves_its_reassigned_secondary_a_stale_copy.
-                        known.push(format!(
-                            "{id}: node {i} keeps a copy (epoch {e}, primary {p:?}, v{v}) \
-                             besides primary {o} (epoch {}, v{}) and secondary {secondary:?}",
-                            info.token.epoch, info.version
-                        ));
-                    }
+                    let stale = self
+                        .sim
+                        .node(i)
+                        .session_replica(id)
+                        .map(|(e, p, v, _)| (e, self.sim.slot_of(p), v));
+                    assert_eq!(
+                        stale, None,
+                        "{id}: node {i} keeps a copy (epoch, primary, version) besides primary \
+                         {o} (epoch {}, v{}) and secondary {secondary:?}",
+                        info.token.epoch, info.version
+                    );
                 }
             }
         }
-        known
-    }
-
-    /// [`Driver::check_final_owners`], and nothing left by the known core bugs.
-    fn check_final(&self) {
-        let known = self.check_final_owners();
-        assert!(known.is_empty(), "{known:#?}");
     }
 
     fn settle(&mut self) {
@@ -566,29 +496,19 @@ fn a_commit_is_replicated_over_the_simulated_http_path() {
 /// interact and sometimes come back on a random member (moving their session); two members
 /// are killed mid-round, three seconds apart, and one of them restarted. Every session whose
 /// commits were acknowledged resumes, on a random other member, with its last acknowledged or
-/// a later committed state; one member serves each session at a time throughout.
-#[test]
-fn killing_primaries_mid_session_under_loss_loses_no_acknowledged_commit() {
-    kill_primaries_mid_session(81, true);
-}
-
-/// As above, with users coming back on any member, whatever it knows or suspects, over a few
+/// a later committed state; one member serves each session at a time throughout. Over a few
 /// seeds.
 #[test]
-#[ignore = "core bugs: resumes on a member that suspects the primary, or that once held the \
-            session, go in circles; stale replicas are left behind (see the ignored tests \
-            below)"]
-fn killing_primaries_mid_session_with_resumes_anywhere() {
-    for seed in 81..89 {
-        kill_primaries_mid_session(seed, false);
+fn killing_primaries_mid_session_under_loss_loses_no_acknowledged_commit() {
+    for seed in 81..85 {
+        kill_primaries_mid_session(seed);
     }
 }
 
-fn kill_primaries_mid_session(seed: u64, careful: bool) {
+fn kill_primaries_mid_session(seed: u64) {
     let mut link = LinkParams::lossy(0.2);
     link.duplicate = 0.05;
     let mut d = Driver::new(seed, 8, link);
-    d.careful = careful;
     for k in 0..50 {
         d.create(k % 8);
     }
@@ -614,12 +534,7 @@ fn kill_primaries_mid_session(seed: u64, careful: bool) {
     }
     d.resume_orphans();
     d.settle();
-    let known = if careful {
-        d.check_final_owners()
-    } else {
-        d.check_final();
-        Vec::new()
-    };
+    d.check_final();
 
     let floors = d
         .users
@@ -630,7 +545,7 @@ fn kill_primaries_mid_session(seed: u64, careful: bool) {
     eprintln!(
         "{} failovers ({} pending first), {floors} sessions with an acknowledged floor \
          ({floors_first} from the first kill), {lost} lost, {} unacknowledged versions rolled \
-         back, {} owner counts, {} lost datagrams, left by known core bugs: {known:?}",
+         back, {} owner counts, {} lost datagrams",
         d.failovers,
         d.pending,
         d.rolled_back,
@@ -724,7 +639,7 @@ fn killing_primary_and_secondary_expires_the_session_never_empties_it() {
 /// them): the user resumes on the secondary, on the majority side, and commits; the cut-off
 /// primary commits too. After the heal the stale side has dropped its copy, one member serves
 /// the session, and its state everywhere is the majority side's.
-fn partition_and_heal(seed: u64, nodes: usize, minority: &[usize], no_stale_copy: bool) {
+fn partition_and_heal(seed: u64, nodes: usize, minority: &[usize]) {
     let mut d = Driver::new(seed, nodes, LinkParams::lossy(0.05));
     // A session created on node 0 whose secondary is on the majority side.
     let u = loop {
@@ -800,8 +715,9 @@ fn partition_and_heal(seed: u64, nodes: usize, minority: &[usize], no_stale_copy
         .iter()
         .any(|(n, by)| n.node == 0 && n.id == id && *by == d.sim.node(secondary).key());
     assert!(superseded, "the stale primary was told it was superseded");
-    // One owner, at the majority's version and state, and so is its replica.
-    d.check_final_owners();
+    // One owner, at the majority's version and state, and so is its replica; no other copy
+    // anywhere (the stale side's secondary was released too).
+    d.check_final();
     let (_, _, _, copy) = d
         .sim
         .node(
@@ -812,36 +728,26 @@ fn partition_and_heal(seed: u64, nodes: usize, minority: &[usize], no_stale_copy
         .session_replica(id)
         .expect("replica");
     assert_eq!(copy, &majority);
-    if no_stale_copy {
-        // Nowhere else a copy of the stale side.
-        for i in d.sim.live() {
-            if let Some((e, p, v, copy)) = d.sim.node(i).session_replica(id) {
-                assert_eq!(copy, &majority, "node {i} keeps epoch {e} of {p:?} at v{v}");
-            }
-        }
-    }
     assert!(d.violations().is_empty(), "{:#?}", d.violations());
 }
 
 #[test]
 fn a_cut_off_primary_is_superseded_by_the_majority_side_after_the_heal() {
-    partition_and_heal(21, 5, &[0], false);
+    partition_and_heal(21, 5, &[0]);
 }
 
 /// As above, but the cut-off primary has a member on its side: it picks that one as its new
-/// secondary and replicates its stale commit there.
+/// secondary and replicates its stale commit there. Regression (seed 22): the superseded
+/// primary dropped its copy but told no one, and that secondary kept the stale side's copy.
 #[test]
-#[ignore = "core bug: the superseded primary drops its copy (drop_owned) but nobody tells the \
-            secondary it picked on its side of the partition: that member keeps the stale \
-            side's copy (epoch 1, the stale commit) after the heal"]
 fn a_cut_off_primary_and_its_minority_secondary_both_drop_the_stale_copy() {
-    partition_and_heal(22, 5, &[0, 4], true);
+    partition_and_heal(22, 5, &[0, 4]);
 }
 
 /// One seed-derived case: a small cluster under loss and duplication, a few sessions, a mix of
 /// interactions, resumes on random members and waits, one member crashed at a random point
 /// (and maybe restarted), then every user comes back and the cluster settles.
-fn session_case(seed: u64, careful: bool) {
+fn session_case(seed: u64) {
     let mut r = Rng::new(seed);
     let nodes = 3 + r.below(5) as usize;
     let mut link = LinkParams::lossy([0.0, 0.1, 0.2, 0.3][r.below(4) as usize]);
@@ -853,7 +759,6 @@ fn session_case(seed: u64, careful: bool) {
     let victim = r.below(nodes as u64) as usize;
     let restart = r.below(2) == 0;
     let mut d = Driver::new(seed, nodes, link);
-    d.careful = careful;
     for k in 0..sessions {
         d.create(k % nodes);
     }
@@ -879,11 +784,7 @@ fn session_case(seed: u64, careful: bool) {
                     }
                 }
             }
-            75..80 if crashed && restart && !d.sim.slot(victim).up => {
-                if !careful || d.all_see_failed(victim) {
-                    d.sim.restart(victim);
-                }
-            }
+            75..80 if crashed && restart && !d.sim.slot(victim).up => d.sim.restart(victim),
             _ => d.sim.run_for(ms(r.below(400))),
         }
         d.sim.run_for(ms(r.below(5)));
@@ -891,12 +792,7 @@ fn session_case(seed: u64, careful: bool) {
     d.sim.run_for(SECOND);
     d.resume_orphans();
     d.settle();
-    if careful {
-        // What the known core bugs leave behind is tolerated here (see `Driver::careful`).
-        d.check_final_owners();
-    } else {
-        d.check_final();
-    }
+    d.check_final();
     assert!(d.violations().is_empty(), "{:#?}", d.violations());
 }
 
@@ -913,13 +809,13 @@ impl Arbitrary for Seed {
 
 /// Runs `cases` seed-derived session cases (or `QUICKCHECK_TESTS`), or only the one in
 /// `HYBRIDCAST_SIM_SEED`.
-fn check_session_cases(cases: u64, careful: bool) {
+fn check_session_cases(cases: u64) {
     if let Some(seed) = replay_seed() {
-        session_case(seed, careful);
+        session_case(seed);
         return;
     }
-    fn run(seed: Seed, careful: bool) -> TestResult {
-        match std::panic::catch_unwind(|| session_case(seed.0, careful)) {
+    fn case(seed: Seed) -> TestResult {
+        match std::panic::catch_unwind(|| session_case(seed.0)) {
             Ok(()) => TestResult::passed(),
             Err(e) => {
                 let msg = e
@@ -934,46 +830,44 @@ fn check_session_cases(cases: u64, careful: bool) {
             }
         }
     }
-    fn careful_case(seed: Seed) -> TestResult {
-        run(seed, true)
-    }
-    fn reckless_case(seed: Seed) -> TestResult {
-        run(seed, false)
-    }
     let mut qc = QuickCheck::new();
     if std::env::var_os("QUICKCHECK_TESTS").is_none() {
         qc = qc.tests(cases);
     }
-    if careful {
-        qc.quickcheck(careful_case as fn(Seed) -> TestResult);
-    } else {
-        qc.quickcheck(reckless_case as fn(Seed) -> TestResult);
-    }
+    qc.quickcheck(case as fn(Seed) -> TestResult);
 }
 
-/// Users steer clear of the known core bugs (see [`Driver::careful`]).
+/// Users come back on any member, joined or not, and a crashed member may restart at once:
+/// one owner at a time, every acknowledged commit kept, and at the end one copy on the
+/// primary, one on its secondary, none elsewhere. Seeds 18385539141449893952 (a resume going in
+/// circles promoted a local replica next to the live primary), 8851930397851403754 (a replaced
+/// secondary kept its copy), 11671909559284278269 (a secondary promoted beside a primary it only
+/// suspected), 14445808328863306676 (a holder that had just restarted handed its copy over
+/// while the owner lived) and 14298027189794209322 (a secondary that had not heard of its
+/// primary's restart promoted beside it) failed before their fixes; each runs here too.
 #[test]
 fn generated_session_mixes_keep_one_owner_and_every_acknowledged_commit() {
-    check_session_cases(if cfg!(debug_assertions) { 30 } else { 200 }, true);
-}
-
-/// Users come back on any joined member, and a crashed member may restart at once.
-#[test]
-#[ignore = "core bugs: resumes go in circles, stale replicas are left behind, a reassigned \
-            secondary is credited with an acknowledgement it never sent (see the ignored \
-            tests below)"]
-fn generated_session_mixes_anywhere_anytime() {
-    check_session_cases(if cfg!(debug_assertions) { 30 } else { 200 }, false);
+    for seed in [
+        18385539141449893952,
+        8851930397851403754,
+        11671909559284278269,
+        14445808328863306676,
+        14298027189794209322,
+    ] {
+        session_case(seed);
+    }
+    check_session_cases(if cfg!(debug_assertions) { 30 } else { 200 });
 }
 
 /// A session moves 0 → 1 → 2 by resumes while everyone is up; then the user comes back on
 /// node 0, which remembers handing the session to node 1. Node 1 answers `Moved` to node 2,
 /// which serves the session: node 0 must take it from node 2.
+///
+/// Regression: before the fix, a Moved answer pushes the answering member back to the front of the
+/// candidates while the owner it names, already queued behind it, is not moved up: the claimant
+/// asks the same member until MAX_CLAIM_HOPS and reports Expired(Lost) for a session a live member
+/// serves.
 #[test]
-#[ignore = "core bug: a Moved answer pushes the answering member back to the front of the \
-            candidates while the owner it names, already queued behind it, is not moved up: \
-            the claimant asks the same member until MAX_CLAIM_HOPS and reports Expired(Lost) \
-            for a session a live member serves"]
 fn resuming_where_the_session_once_was_follows_the_moves() {
     let mut d = Driver::new(31, 5, LinkParams::default());
     // A session whose moves leave node 0 only a record that it went to node 1 (node 0 is
@@ -998,11 +892,13 @@ fn resuming_where_the_session_once_was_follows_the_moves() {
 }
 
 /// A member restarted a moment ago has not joined yet and knows no member: a resume there
-/// cannot find the session's holders, but must not report a live session lost.
+/// waits for the join (`Pending`), then takes the session from its primary, with the state of
+/// the last commit.
+///
+/// Regression: before the fix, session_resume on a member that has not joined yet (no members
+/// known) returns Expired(Lost) at once, though the primary and the secondary named in the token
+/// are alive and serving.
 #[test]
-#[ignore = "core bug: session_resume on a member that has not joined yet (no members known) \
-            returns Expired(Lost) at once, though the primary and the secondary named in the \
-            token are alive and serving"]
 fn a_resume_on_a_member_that_has_not_joined_yet_does_not_report_a_live_session_lost() {
     let mut d = Driver::new(32, 4, LinkParams::default());
     let u = d.create(0);
@@ -1015,9 +911,12 @@ fn a_resume_on_a_member_that_has_not_joined_yet_does_not_report_a_live_session_l
     d.sim.restart(other);
     d.sim.run_for(ms(5));
     assert!(!d.sim.node(other).is_joined());
-    let now = d.sim.now();
-    let r = d.sim.with(other, |n| n.session_resume(now, token));
-    assert_ne!(r, Ok(Resume::Expired(ExpiredReason::Lost)));
+    let pending = d.pending;
+    assert_eq!(d.resume(u, other), Outcome::FailedOver(1));
+    assert_eq!(d.pending, pending + 1, "it waited for the join");
+    d.settle();
+    d.check_final();
+    assert!(d.violations().is_empty(), "{:#?}", d.violations());
 }
 
 /// The secondary of a session fails and its primary picks another; the user's token still
@@ -1025,11 +924,12 @@ fn a_resume_on_a_member_that_has_not_joined_yet_does_not_report_a_live_session_l
 /// primary. The secondary the primary had picked is told by no one to drop its copy: when the
 /// new primary and its secondary are lost after a new commit, that stale copy is served as the
 /// session, an acknowledged version older.
+///
+/// Regression: before the fix, a primary that hands its session over (serve_claim) or is superseded
+/// (drop_owned) does not release its own secondary, and the claimant only releases the members the
+/// user's token names: a secondary chosen after the token was issued keeps a stale copy, which a
+/// later resume promotes below the acknowledged version.
 #[test]
-#[ignore = "core bug: a primary that hands its session over (serve_claim) or is superseded \
-            (drop_owned) does not release its own secondary, and the claimant only releases \
-            the members the user's token names: a secondary chosen after the token was issued \
-            keeps a stale copy, which a later resume promotes below the acknowledged version"]
 fn a_claimed_primary_leaves_its_reassigned_secondary_a_stale_copy() {
     let mut d = Driver::new(41, 6, LinkParams::default());
     let key_slot = |d: &Driver, k| d.sim.slot_of(k).expect("slot");
@@ -1086,10 +986,11 @@ fn a_claimed_primary_leaves_its_reassigned_secondary_a_stale_copy() {
 /// Member x misses the primary's heartbeats (its link from the primary drops every datagram)
 /// and suspects it, while the secondary hears it fine. The user comes back on x: x asks the
 /// secondary first (it suspects the primary), which answers `Moved` to the primary.
+///
+/// Regression: before the fix, a Moved answer pushes the answering member back to the front of the
+/// candidates while the primary it names, queued behind it, is not moved up: x asks the secondary
+/// until MAX_CLAIM_HOPS and reports Expired(Lost).
 #[test]
-#[ignore = "core bug: a Moved answer pushes the answering member back to the front of the \
-            candidates while the primary it names, queued behind it, is not moved up: x asks \
-            the secondary until MAX_CLAIM_HOPS and reports Expired(Lost)"]
 fn a_resume_on_a_member_that_suspects_the_primary_finds_it_through_the_secondary() {
     let mut d = Driver::new(33, 5, LinkParams::default());
     let u = d.create(0);
@@ -1125,10 +1026,11 @@ fn a_resume_on_a_member_that_suspects_the_primary_finds_it_through_the_secondary
 /// flight x learns of the restart and picks its secondary again — now node 0. The new process's
 /// acknowledgement is credited to node 0, which holds nothing: x reports v2 replicated, the
 /// user's token names node 0, and when x dies the session is reported lost.
+///
+/// Regression: before the fix, reassign_secondaries leaves the replication in flight to the former
+/// secondary in place, and on_replicate_reply credits its Ack to the new secondary: the primary
+/// reports a version replicated that its secondary does not hold.
 #[test]
-#[ignore = "core bug: reassign_secondaries leaves the replication in flight to the former \
-            secondary in place, and on_replicate_reply credits its Ack to the new secondary: \
-            the primary reports a version replicated that its secondary does not hold"]
 fn a_secondary_picked_while_a_replication_is_in_flight_gets_the_copy() {
     // Seed and timing found by search: the retry is in flight when the restart is learnt.
     let mut d = Driver::new(8, 4, LinkParams::default());
@@ -1175,10 +1077,11 @@ fn a_secondary_picked_while_a_replication_is_in_flight_gets_the_copy() {
 /// node 2 is paused: when node 0 declares node 1 failed it suspects node 2 too, finds no
 /// secondary, and keeps none after node 2 answers again — its later commits are never
 /// replicated although a live member could hold them.
+///
+/// Regression: before the fix, reassign_secondaries runs only on membership changes (join, restart,
+/// departure), not when a suspect member is found alive again: a session that lost its secondary
+/// while every other member was suspect stays without one.
 #[test]
-#[ignore = "core bug: reassign_secondaries runs only on membership changes (join, restart, \
-            departure), not when a suspect member is found alive again: a session that lost \
-            its secondary while every other member was suspect stays without one"]
 fn a_session_finds_a_secondary_again_once_a_suspect_member_answers() {
     let mut d = Driver::new(51, 3, LinkParams::default());
     let one = d.sim.node(1).key();

@@ -342,12 +342,17 @@ impl Node {
     /// of every request that carries a token: on the primary it only marks the session used.
     ///
     /// - This member serves it: [`Resume::Ready`].
-    /// - This member holds the replica the token names and the primary is not alive: the
-    ///   replica is promoted at once ([`Resume::FailedOver`]).
-    /// - Otherwise the members that may hold a copy (the primary if alive, the secondary, any
-    ///   member a copy moved to) are asked point-to-point, one at a time ([`Resume::Pending`]);
-    ///   the first copy found is taken over. If none answers with a copy, a local replica (even
-    ///   one the token does not name) is promoted as a last resort.
+    /// - This member has not joined yet: [`Resume::Pending`]; it starts looking once it has
+    ///   (before, it cannot tell a lost session from a live one).
+    /// - This member holds the replica the token names and the primary is known gone (failed
+    ///   or left, and not heard from since): the replica is promoted at once
+    ///   ([`Resume::FailedOver`]). A merely suspect primary is asked first.
+    /// - Otherwise the members that may hold a copy (the primary, the secondary, any member a
+    ///   copy moved to) are asked point-to-point, one at a time ([`Resume::Pending`]),
+    ///   following `Moved` answers to the current owner; the first copy found is taken over
+    ///   (its committed state: an interaction in progress there is not carried). If none
+    ///   answers with a copy, a local replica (even one the token does not name) is promoted
+    ///   as a last resort.
     /// - No copy can exist: [`Resume::Expired`].
     ///
     /// Every takeover is reported by exactly one [`Event::SessionFailover`], which carries the
