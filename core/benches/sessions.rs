@@ -192,11 +192,20 @@ fn main() {
             .map(|t| p.nodes[0].session_state(t.id).cloned().expect("state"))
             .collect();
         // Node 0 dies: node 1 holds every replica. (No third member: the new secondary is
-        // none, as in a two-member cluster after a crash.)
-        let now = p.now + Duration::from_secs(10);
+        // none, as in a two-member cluster after a crash.) Node 1 suspects it, its probes go
+        // unanswered, and it declares it failed.
+        let dead = p.nodes[0].key();
+        let mut now = p.now;
         let b = &mut p.nodes[1];
-        b.handle_timeout(now);
-        while b.poll_transmit().is_some() {}
+        while b.member(dead).is_some_and(|m| m.state.is_live()) {
+            now += Duration::from_millis(100);
+            assert!(
+                now < p.now + Duration::from_secs(60),
+                "never declared failed"
+            );
+            b.handle_timeout(now);
+            while b.poll_transmit().is_some() {}
+        }
         while b.poll_event().is_some() {}
         let start = Instant::now();
         for t in &tokens {
