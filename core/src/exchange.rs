@@ -155,6 +155,10 @@ pub struct SessionReplicate {
     /// (it rises each time the primary picks one): a late message sent to an earlier choice
     /// never overwrites a later copy, and a release to a former secondary never drops one.
     pub assignment: u64,
+    /// Where the primary serves its HTTP exchanges: a secondary that has not heard of it as
+    /// a member yet (it joined since, or heartbeats were lost) can still ask it before taking
+    /// the session over.
+    pub primary_addr: std::net::SocketAddr,
     /// Version after the payload is applied.
     pub version: u64,
     /// The payload.
@@ -189,8 +193,8 @@ pub struct SessionClaim {
     pub id: crate::session::SessionId,
     /// The member taking it over.
     pub claimant: crate::ids::MemberKey,
-    /// The newest epoch the claimant knows of (its token's): the claimant will serve the
-    /// session at a higher one.
+    /// The newest epoch the claimant knows of (its token's, or one it heard of since): the
+    /// claimant will serve the session at a higher one.
     pub epoch: u64,
     /// Members the claimant could not reach while looking for the session: a holder does not
     /// send it back to one of them with `Moved`.
@@ -202,7 +206,8 @@ pub struct SessionClaim {
 pub enum ClaimReply {
     /// The holder's copy, handed over: the claimant serves it from now on as generation
     /// `(serve_epoch, claimant)`. The holder keeps the copy (in case this answer is lost) but
-    /// answers any other claimant with `Moved` to the claimant while the claimant is alive.
+    /// answers any other claimant with `Moved` to this one, unless that claimant could not
+    /// reach it or the holder knows it departed.
     Copy {
         /// The epoch the claimant serves the session at: above the claim's `epoch` and above
         /// every generation the holder knows of.
@@ -228,6 +233,9 @@ pub enum ClaimReply {
     TimedOut,
     /// The holder has no copy and no memory of one.
     Unknown,
+    /// The holder is itself taking the session over (a resume of its own is under way): ask
+    /// again shortly.
+    Busy,
 }
 
 /// Body of a release.

@@ -686,6 +686,7 @@ fn hostile_session_bodies_are_refused_without_panics() {
         epoch: u64::MAX,
         primary: stranger,
         assignment: 1,
+        primary_addr: "127.0.0.1:9".parse().expect("addr"),
         version: 1,
         payload: ReplicaPayload::Full(SessionState::default()),
     })
@@ -719,6 +720,7 @@ fn hostile_session_bodies_are_refused_without_panics() {
             epoch,
             primary: stranger,
             assignment: 1,
+            primary_addr: "127.0.0.1:9".parse().expect("addr"),
             version: 1,
             payload: ReplicaPayload::Full(SessionState::default()),
         })

@@ -451,7 +451,8 @@ impl Node {
     }
 
     /// Leaves the cluster: pending output is flushed, a Leave datagram is queued, and the node
-    /// stops reacting to input. Drain `poll_transmit` once more to send it.
+    /// stops reacting to input. Drain `poll_transmit` once more to send it. A session resume
+    /// still under way ends with [`Event::SessionExpired`] (`Lost`).
     pub fn leave(&mut self) {
         if self.left {
             return;
@@ -459,6 +460,7 @@ impl Node {
         self.flush();
         self.out
             .push_back(Transmit::Group(wire::encode_leave(&self.header())));
+        self.sessions_leave();
         self.left = true;
         self.requests.clear();
         self.recovering.clear();

@@ -31,6 +31,11 @@ fn rank(g: Generation, assignment: u64) -> Rank {
     (g.0, g.1, assignment)
 }
 
+/// An epoch a peer may name: below `MAX_EPOCH`, so the next one still fits.
+fn valid_epoch(epoch: u64) -> bool {
+    epoch < MAX_EPOCH
+}
+
 /// Most members a resume asks, following `Moved` answers included.
 const MAX_CLAIM_HOPS: usize = 8;
 
@@ -99,6 +104,8 @@ struct Replica {
     handed: Option<Generation>,
     /// When the primary last replicated to this member.
     heard: Instant,
+    /// Where the primary serves (from its replications).
+    primary_addr: std::net::SocketAddr,
     last_used: Instant,
 }
 
@@ -136,9 +143,17 @@ struct Resuming {
     asked: usize,
     /// Members whose claim failed (unreachable, or no useful answer).
     unreachable: Vec<MemberKey>,
-    /// The newest generation heard of: claims ask to serve above its epoch, and a `Moved`
-    /// to an older one is not followed.
+    /// The newest generation heard of: claims ask to serve above its epoch, a `Moved` to an
+    /// older one is not followed, and a copy is taken over only above it.
     newest: Generation,
+    /// Members asked so far (released after a takeover: any may keep a copy).
+    asked_members: Vec<MemberKey>,
+    /// Members whose claim failed in transit once already (asked once more before giving up
+    /// on them: a lost answer is not a lost session).
+    retried: Vec<MemberKey>,
+    /// A member answered `Busy`: the next claim waits until then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
     timed_out: bool,
 }
 
@@ -162,6 +177,8 @@ pub(super) struct Sessions {
     resuming: BTreeMap<SessionId, Resuming>,
     ready: VecDeque<SessionId>,
     retries: BTreeSet<(Instant, SessionId)>,
+    /// Resumes waiting to ask again a member that answered `Busy`.
+    claim_retries: BTreeSet<(Instant, SessionId)>,
     in_flight: usize,
     /// Releases not yet acknowledged: (session, former holder) → (generation, give up at,
     /// request in flight). Resent while the holder is alive, so a holder cut off when the
@@ -214,11 +231,14 @@ impl Sessions {
 
     /// The earliest session timer.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        let retry = self.retries.first().map(|(t, _)| *t);
-        match (retry, self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.retries.first().map(|(t, _)| *t),
+            self.claim_retries.first().map(|(t, _)| *t),
+            self.next_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -399,6 +419,10 @@ impl Node {
                 asked: 0,
                 unreachable: Vec::new(),
                 newest: wanted,
+                asked_members: Vec::new(),
+                retried: Vec::new(),
+                retry_at: None,
+                backoff: self.config.recovery_backoff_initial,
                 timed_out: self.sessions.tombs.get(&id) == Some(&Tomb::TimedOut),
             },
         );
@@ -427,17 +451,22 @@ impl Node {
             local.is_some_and(|l| l.primary == k && n.heard_after_departure(k, l.heard))
         };
         if let Some(l) = local {
-            let named =
-                token.secondary == Some(self.key) && l.handed.is_none() && l.owner() >= newest;
+            // The token names this copy: the secondary of that very generation (a copy of a
+            // newer one has a live owner to ask first).
+            let named = token.secondary == Some(self.key)
+                && l.handed.is_none()
+                && l.generation() == (token.epoch, token.primary);
             // A suspect primary is asked first too (it may be slow, not gone): it hands over its
             // latest committed state, and two members never serve the session.
-            let primary_live = self
+            // Known gone: departed (failed or left) and not heard from since. A primary this
+            // member does not know yet is asked, at the address its replications gave.
+            let primary_gone = self
                 .members
                 .get(&token.primary)
-                .is_some_and(|m| m.state.is_live());
-            if named && !primary_live && !heard_since(self, token.primary) {
+                .is_some_and(|m| !m.state.is_live());
+            if named && primary_gone && !heard_since(self, token.primary) {
                 self.sessions.resuming.remove(&id);
-                return self.promote_replica(now, id, &token);
+                return self.promote_replica(now, id, &token, newest);
             }
         }
         let mut order: Vec<MemberKey> = Vec::new();
@@ -458,9 +487,14 @@ impl Node {
                 .get(&k)
                 .is_some_and(|m| m.state == MemberState::Alive)
         };
+        let unknown_primary = |n: &Node, k: MemberKey| {
+            local.is_some_and(|l| l.primary == k) && !n.members.contains_key(&k)
+        };
         let live = |n: &Node, k: MemberKey| {
             k != n.key
-                && (n.members.get(&k).is_some_and(|m| m.state.is_live()) || heard_since(n, k))
+                && (n.members.get(&k).is_some_and(|m| m.state.is_live())
+                    || heard_since(n, k)
+                    || unknown_primary(n, k))
         };
         let mut candidates = VecDeque::new();
         // Alive members first: a suspect one probably cannot answer.
@@ -476,7 +510,7 @@ impl Node {
                 return Resume::Pending;
             };
             if has_local {
-                return self.promote_replica(now, id, &r.token);
+                return self.promote_replica(now, id, &r.token, newest);
             }
             let reason = if r.timed_out {
                 ExpiredReason::TimedOut
@@ -674,6 +708,17 @@ impl Node {
         }
     }
 
+    /// This member leaves: resumes under way cannot finish, and each ends with its
+    /// `SessionExpired { Lost }` (no copy was taken over here).
+    pub(super) fn sessions_leave(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.resuming.keys().copied().collect();
+        self.sessions.resuming.clear();
+        self.sessions.claim_retries.clear();
+        for id in ids {
+            self.resume_expired(id, ExpiredReason::Lost);
+        }
+    }
+
     /// Work after any input: new secondaries where membership changed, due retries, expiry,
     /// and replication requests up to `max_replications_in_flight`.
     pub(super) fn sessions_settle(&mut self, now: Instant) {
@@ -695,6 +740,20 @@ impl Node {
                 .collect();
             for id in waiting {
                 self.start_claims(now, id);
+            }
+        }
+        while let Some(&(at, id)) = self.sessions.claim_retries.first() {
+            if at > now {
+                break;
+            }
+            self.sessions.claim_retries.pop_first();
+            let due = self
+                .sessions
+                .resuming
+                .get(&id)
+                .is_some_and(|r| r.retry_at == Some(at));
+            if due {
+                self.next_claim(now, id);
             }
         }
         while let Some(&(at, id)) = self.sessions.retries.first() {
@@ -802,6 +861,7 @@ impl Node {
             epoch: o.epoch,
             primary: me,
             assignment: o.assignment,
+            primary_addr: self.identity.http_addr,
             version: o.version,
             payload,
         };
@@ -875,7 +935,7 @@ impl Node {
             }
             Some(ReplicateReply::Superseded { epoch, primary }) => {
                 self.stats.replications_failed += 1;
-                if (epoch, primary) > o.generation(self.key) {
+                if valid_epoch(epoch) && (epoch, primary) > o.generation(self.key) {
                     self.drop_owned(now, id, (epoch, primary));
                 } else {
                     self.retry_replication(now, id);
@@ -997,16 +1057,23 @@ impl Node {
     }
 
     /// The local replica becomes the served session of a new generation, above every one
-    /// the replica or `token` names; the other holders are told to drop their copies.
-    fn promote_replica(&mut self, now: Instant, id: SessionId, token: &SessionToken) -> Resume {
+    /// the replica, `token` or `newest` (heard of while looking) names; the other holders are
+    /// told to drop their copies.
+    fn promote_replica(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        token: &SessionToken,
+        newest: Generation,
+    ) -> Resume {
         let Some(r) = self.sessions.replicas.remove(&id) else {
             return self.resume_expired(id, ExpiredReason::Lost);
         };
         let owner = r.owner();
-        let epoch = owner.0.max(token.epoch).saturating_add(1);
+        let epoch = owner.0.max(token.epoch).max(newest.0).saturating_add(1);
         let new = self.install(now, id, epoch, r.primary, r.version, r.state);
         // The former primary may be alive but cut off: once it is back, it must drop its copy.
-        let holders = [r.primary, owner.1, token.primary];
+        let holders = [r.primary, owner.1, token.primary, newest.1];
         let below = rank((epoch, self.key), 0);
         self.release_holders(now, id, below, holders.into_iter().chain(token.secondary));
         Resume::FailedOver(new)
@@ -1043,15 +1110,35 @@ impl Node {
         let Some(r) = self.sessions.resuming.get_mut(&id) else {
             return;
         };
+        if let Some(at) = r.retry_at {
+            if at > now {
+                // Waiting to ask a member that was busy taking the session over itself.
+                return;
+            }
+            r.retry_at = None;
+        }
         let next = if r.asked < MAX_CLAIM_HOPS {
             r.candidates.pop_front()
         } else {
             None
         };
-        let target = next.and_then(|k| self.members.get(&k).map(|m| (k, m.http_addr)));
+        let target = next.and_then(|k| {
+            let addr = self.members.get(&k).map(|m| m.http_addr).or_else(|| {
+                // The primary of a local copy, not known as a member yet.
+                let r = self.sessions.replicas.get(&id)?;
+                (r.primary == k).then_some(r.primary_addr)
+            })?;
+            Some((k, addr))
+        });
+        let Some(r) = self.sessions.resuming.get_mut(&id) else {
+            return;
+        };
         match (next, target) {
             (Some(_), Some((member, to))) => {
                 r.asked += 1;
+                if !r.asked_members.contains(&member) {
+                    r.asked_members.push(member);
+                }
                 let claim = SessionClaim {
                     id,
                     claimant: self.key,
@@ -1079,7 +1166,7 @@ impl Node {
                     return;
                 };
                 if self.sessions.replicas.contains_key(&id) {
-                    self.promote_replica(now, id, &r.token);
+                    self.promote_replica(now, id, &r.token, r.newest);
                 } else {
                     let reason = if r.timed_out {
                         ExpiredReason::TimedOut
@@ -1103,7 +1190,22 @@ impl Node {
             return;
         }
         let limit = self.config.max_request_body();
-        let reply = body.and_then(|b| codec::decode::<ClaimReply>(b, limit).ok());
+        let Some(body) = body else {
+            // Failed in transit (refused, timed out, or an error status). The holder may have
+            // handed its copy over and only the answer was lost: ask it once more, first.
+            if let Some(r) = self.sessions.resuming.get_mut(&id) {
+                if r.retried.contains(&from) {
+                    r.mark_unreachable(from);
+                } else {
+                    r.retried.push(from);
+                    r.candidates.retain(|k| *k != from);
+                    r.candidates.push_front(from);
+                }
+            }
+            self.next_claim(now, id);
+            return;
+        };
+        let reply = codec::decode::<ClaimReply>(body, limit).ok();
         let me = self.key;
         match reply {
             Some(ClaimReply::Copy {
@@ -1112,13 +1214,13 @@ impl Node {
                 version,
                 state,
             }) if state.bytes() <= self.config.max_session_bytes
-                && serve_epoch <= MAX_EPOCH
+                && valid_epoch(serve_epoch)
                 && version <= MAX_EPOCH
                 && self
                     .sessions
                     .resuming
                     .get(&id)
-                    .is_some_and(|r| serve_epoch > r.token.epoch) =>
+                    .is_some_and(|r| (serve_epoch, me) > r.newest) =>
             {
                 let Some(r) = self.sessions.resuming.remove(&id) else {
                     return;
@@ -1127,11 +1229,13 @@ impl Node {
                 let local = self.sessions.replicas.remove(&id);
                 self.install(now, id, serve_epoch, primary, version, state);
                 // Every member that may keep an older copy drops it: the holders the token
-                // names, the one asked (it kept the copy in case this answer was lost), the
-                // copy's primary, and whoever this member's own replica came from.
+                // names, every member asked (the one that answered kept the copy in case this
+                // answer was lost), the copy's primary, the newest owner heard of, and whoever
+                // this member's own replica came from.
                 let t = r.token;
-                let mut holders = vec![t.primary, from, primary];
+                let mut holders = vec![t.primary, from, primary, r.newest.1];
                 holders.extend(t.secondary);
+                holders.extend(r.asked_members);
                 if let Some(l) = local {
                     holders.extend([l.primary, l.owner().1]);
                 }
@@ -1141,9 +1245,9 @@ impl Node {
                 epoch,
                 primary,
                 copy,
-            }) => {
+            }) if valid_epoch(epoch) => {
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
-                    let g = (epoch.min(MAX_EPOCH), primary);
+                    let g = (epoch, primary);
                     // Follow it to a generation at least as new as any heard of, unless it
                     // names a member already found unreachable (or this one).
                     let follow =
@@ -1166,6 +1270,20 @@ impl Node {
                 }
                 self.next_claim(now, id);
             }
+            Some(ClaimReply::Busy) => {
+                // It is taking the session over itself: ask it again after a pause (the ask
+                // counts, so two members waiting on each other give up).
+                let max = self.config.recovery_backoff_max;
+                let jitter = self.rng.unit();
+                if let Some(r) = self.sessions.resuming.get_mut(&id) {
+                    let at = now + r.backoff.mul_f64(1.0 + jitter / 2.0);
+                    r.backoff = (r.backoff * 2).min(max);
+                    r.retry_at = Some(at);
+                    r.candidates.retain(|k| *k != from);
+                    r.candidates.push_front(from);
+                    self.sessions.claim_retries.insert((at, id));
+                }
+            }
             Some(ClaimReply::TimedOut) => {
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
                     r.timed_out = true;
@@ -1173,6 +1291,8 @@ impl Node {
                 self.next_claim(now, id);
             }
             _ => {
+                // No copy there (or an answer that makes no sense): holders asked later may
+                // hand theirs over without sending this member's way again.
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
                     r.mark_unreachable(from);
                 }
@@ -1310,7 +1430,7 @@ impl Node {
         let incoming: Generation = (r.epoch, r.primary);
         let incoming_rank = rank(incoming, r.assignment);
         let id = r.id;
-        if r.primary == self.key || r.epoch > MAX_EPOCH || r.version > MAX_EPOCH {
+        if r.primary == self.key || !valid_epoch(r.epoch) || r.version > MAX_EPOCH {
             return ReplicateReply::Refused;
         }
         if let Some(o) = self.sessions.owned.get(&id) {
@@ -1405,6 +1525,7 @@ impl Node {
                         assignment: r.assignment,
                         handed: None,
                         heard: now,
+                        primary_addr: r.primary_addr,
                         last_used: now,
                     },
                 );
@@ -1419,8 +1540,11 @@ impl Node {
     /// A member takes over a session this member holds a copy of.
     fn serve_claim(&mut self, now: Instant, c: SessionClaim) -> ClaimReply {
         let id = c.id;
-        if c.claimant == self.key || c.unreachable.len() > MAX_CLAIM_HOPS || c.epoch >= MAX_EPOCH {
+        if c.claimant == self.key || c.unreachable.len() > MAX_CLAIM_HOPS || !valid_epoch(c.epoch) {
             return ClaimReply::Unknown;
+        }
+        if self.sessions.resuming.contains_key(&id) {
+            return ClaimReply::Busy;
         }
         // The owner may still serve the session unless the claimant could not reach it or
         // this member knows it departed (one it does not know yet, having just started, gets
@@ -1449,6 +1573,7 @@ impl Node {
                     assignment: o.assignment,
                     handed: Some(handed),
                     heard: now,
+                    primary_addr: self.identity.http_addr,
                     last_used: now,
                 },
             );
@@ -1515,7 +1640,7 @@ impl Node {
     fn apply_release(&mut self, now: Instant, r: SessionRelease) {
         let g: Generation = (r.epoch, r.primary);
         let below = rank(g, r.assignment);
-        if r.primary == self.key || r.epoch > MAX_EPOCH {
+        if r.primary == self.key || !valid_epoch(r.epoch) {
             return;
         }
         let owned_older = self
