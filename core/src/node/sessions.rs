@@ -10,7 +10,7 @@ use crate::exchange::{
     SessionReplicate,
 };
 use crate::http::{Request, Response};
-use crate::ids::{MemberKey, RequestId, stable_hash};
+use crate::ids::{MemberKey, RequestId, Rng, stable_hash};
 use crate::membership::MemberState;
 use crate::session::{
     Change, ExpiredReason, MAX_EPOCH, Resume, SessionError, SessionId, SessionInfo, SessionState,
@@ -34,6 +34,14 @@ fn rank(g: Generation, assignment: u64) -> Rank {
 /// An epoch a peer may name: below `MAX_EPOCH`, so the next one still fits.
 fn valid_epoch(epoch: u64) -> bool {
     epoch < MAX_EPOCH
+}
+
+/// The next attempt after a failure: `backoff` stretched by up to half at random, which then
+/// doubles up to `max`.
+fn back_off(now: Instant, backoff: &mut Duration, max: Duration, rng: &mut Rng) -> Instant {
+    let at = now + backoff.mul_f64(1.0 + rng.unit() / 2.0);
+    *backoff = (*backoff * 2).min(max);
+    at
 }
 
 /// Most members a resume asks, following `Moved` answers included.
@@ -444,27 +452,24 @@ impl Node {
         let token = r.token;
         let mut newest = r.newest;
         let local = self.sessions.replicas.get(&id);
-        // A primary declared departed that has replicated to this member since is not gone (it
-        // restarted, or was wrongly declared failed, and this member has not heard yet): it is
-        // asked like a live member.
-        let heard_since = |n: &Node, k: MemberKey| {
-            local.is_some_and(|l| l.primary == k && n.heard_after_departure(k, l.heard))
+        // Who can be asked: a live member, or the primary of the local copy unless it is known
+        // gone (one not known as a member yet is asked at the address its replications carry).
+        let askable = |n: &Node, k: MemberKey| {
+            k != n.key
+                && match local {
+                    Some(l) if l.primary == k => n.may_be_up(k, Some(l.heard)),
+                    _ => n.members.get(&k).is_some_and(|m| m.state.is_live()),
+                }
         };
         if let Some(l) = local {
-            // The token names this copy: the secondary of that very generation (a copy of a
-            // newer one has a live owner to ask first).
+            // The token names this very copy (the secondary of its generation; a copy of a
+            // newer one has an owner to ask first) and its primary is known gone: promote. A
+            // suspect primary is asked first (it may be slow, not gone): it hands over its
+            // latest committed state, and two members never serve the session.
             let named = token.secondary == Some(self.key)
                 && l.handed.is_none()
                 && l.generation() == (token.epoch, token.primary);
-            // A suspect primary is asked first too (it may be slow, not gone): it hands over its
-            // latest committed state, and two members never serve the session.
-            // Known gone: departed (failed or left) and not heard from since. A primary this
-            // member does not know yet is asked, at the address its replications gave.
-            let primary_gone = self
-                .members
-                .get(&token.primary)
-                .is_some_and(|m| !m.state.is_live());
-            if named && primary_gone && !heard_since(self, token.primary) {
+            if named && !askable(self, token.primary) {
                 self.sessions.resuming.remove(&id);
                 return self.promote_replica(now, id, &token, newest);
             }
@@ -487,20 +492,11 @@ impl Node {
                 .get(&k)
                 .is_some_and(|m| m.state == MemberState::Alive)
         };
-        let unknown_primary = |n: &Node, k: MemberKey| {
-            local.is_some_and(|l| l.primary == k) && !n.members.contains_key(&k)
-        };
-        let live = |n: &Node, k: MemberKey| {
-            k != n.key
-                && (n.members.get(&k).is_some_and(|m| m.state.is_live())
-                    || heard_since(n, k)
-                    || unknown_primary(n, k))
-        };
         let mut candidates = VecDeque::new();
         // Alive members first: a suspect one probably cannot answer.
         for pass_alive in [true, false] {
             for &k in &order {
-                if live(self, k) && alive(self, k) == pass_alive && !candidates.contains(&k) {
+                if askable(self, k) && alive(self, k) == pass_alive && !candidates.contains(&k) {
                     candidates.push_back(k);
                 }
             }
@@ -654,13 +650,14 @@ impl Node {
         }
     }
 
-    /// True if `k` is known departed (failed or left) but replicated to this member at
-    /// `heard`, after it was declared so: it restarted, or was wrongly declared failed, and
-    /// membership has not caught up yet.
-    fn heard_after_departure(&self, k: MemberKey, heard: Instant) -> bool {
-        self.members
-            .get(&k)
-            .is_some_and(|m| !m.state.is_live() && m.departed_at.is_some_and(|d| heard > d))
+    /// False only if `k` is known gone: departed (failed or left) and, if it replicated to
+    /// this member at `heard`, not since it was declared so (then it restarted, or was wrongly
+    /// declared failed, and membership has not caught up yet). A member not known yet may be
+    /// up.
+    fn may_be_up(&self, k: MemberKey, heard: Option<Instant>) -> bool {
+        self.members.get(&k).is_none_or(|m| {
+            m.state.is_live() || heard.is_some_and(|h| m.departed_at.is_some_and(|d| h > d))
+        })
     }
 
     fn owned_token(&self, id: SessionId) -> Option<SessionToken> {
@@ -950,12 +947,10 @@ impl Node {
 
     fn retry_replication(&mut self, now: Instant, id: SessionId) {
         let max = self.config.recovery_backoff_max;
-        let jitter = self.rng.unit();
         let Some(o) = self.sessions.owned.get_mut(&id) else {
             return;
         };
-        let at = now + o.backoff.mul_f64(1.0 + jitter / 2.0);
-        o.backoff = (o.backoff * 2).min(max);
+        let at = back_off(now, &mut o.backoff, max, &mut self.rng);
         o.retry_at = Some(at);
         self.sessions.retries.insert((at, id));
     }
@@ -1274,10 +1269,8 @@ impl Node {
                 // It is taking the session over itself: ask it again after a pause (the ask
                 // counts, so two members waiting on each other give up).
                 let max = self.config.recovery_backoff_max;
-                let jitter = self.rng.unit();
                 if let Some(r) = self.sessions.resuming.get_mut(&id) {
-                    let at = now + r.backoff.mul_f64(1.0 + jitter / 2.0);
-                    r.backoff = (r.backoff * 2).min(max);
+                    let at = back_off(now, &mut r.backoff, max, &mut self.rng);
                     r.retry_at = Some(at);
                     r.candidates.retain(|k| *k != from);
                     r.candidates.push_front(from);
@@ -1555,9 +1548,8 @@ impl Node {
             .get(&id)
             .map(|r| (r.primary, r.heard));
         let reachable = |n: &Node, k: MemberKey| {
-            !c.unreachable.contains(&k)
-                && (n.members.get(&k).is_none_or(|m| m.state.is_live())
-                    || heard.is_some_and(|(p, at)| p == k && n.heard_after_departure(k, at)))
+            let heard = heard.and_then(|(p, at)| (p == k).then_some(at));
+            !c.unreachable.contains(&k) && n.may_be_up(k, heard)
         };
         if let Some(o) = self.sessions.owned.remove(&id) {
             let handed = (o.epoch.max(c.epoch) + 1, c.claimant);
