@@ -3,6 +3,7 @@
 //! Every limit the node enforces lives here with its default. [`Config::validate`] checks each
 //! field and names the first invalid one in the error.
 
+use crate::auth::AuthConfig;
 use crate::http::HttpLimits;
 use crate::wire;
 use std::net::SocketAddr;
@@ -179,6 +180,12 @@ pub struct Config {
     pub session_idle_timeout: Duration,
     /// Replication requests in flight at once (the rest wait their turn). Default 64.
     pub max_replications_in_flight: usize,
+    /// Cluster authentication. `Some`: every datagram and point-to-point exchange this node
+    /// sends is tagged with the first key, and everything it receives must carry a valid tag
+    /// under one of the keys and must not be a replay (see [`crate::auth`]). `None` (the
+    /// default): nothing is tagged and tagged traffic is dropped as `unsupported`; use it only
+    /// where the network itself is trusted (loopback, tests).
+    pub auth: Option<AuthConfig>,
 }
 
 impl Default for Config {
@@ -213,6 +220,7 @@ impl Default for Config {
             max_session_bytes: 64 << 10,
             session_idle_timeout: Duration::from_secs(30 * 60),
             max_replications_in_flight: 64,
+            auth: None,
         }
     }
 }
@@ -372,6 +380,15 @@ impl Config {
         if self.suspect_after_intervals == 0 || self.suspect_after_intervals > 1000 {
             return Err(invalid("suspect_after_intervals", "must be in 1..=1000"));
         }
+        if let Some(auth) = &self.auth {
+            let skew = auth.max_clock_skew;
+            if skew < Duration::from_millis(1) || skew > Duration::from_secs(3600) {
+                return Err(invalid("auth.max_clock_skew", "must be in 1 ms..=1 h"));
+            }
+            if auth.max_nonces == 0 {
+                return Err(invalid("auth.max_nonces", "must be at least 1"));
+            }
+        }
         Ok(())
     }
 
@@ -387,9 +404,20 @@ impl Config {
         self.discovery_period.unwrap_or(self.heartbeat_interval * 3)
     }
 
+    /// Bytes of a datagram before any authentication trailer: `max_datagram_size`, less
+    /// [`wire::AUTH_TRAILER_LEN`] when [`Config::auth`] is on.
+    pub fn datagram_budget(&self) -> usize {
+        let trailer = if self.auth.is_some() {
+            wire::AUTH_TRAILER_LEN
+        } else {
+            0
+        };
+        self.max_datagram_size.saturating_sub(trailer)
+    }
+
     /// Payload bytes one fragment carries at this datagram budget.
     pub fn fragment_payload(&self) -> usize {
-        self.max_datagram_size
+        self.datagram_budget()
             .saturating_sub(wire::HEADER_LEN + wire::FRAGMENTS_PREFIX_LEN + wire::FRAGMENT_OVERHEAD)
             .max(1)
     }

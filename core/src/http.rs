@@ -66,7 +66,8 @@ impl Method {
         found.map_or(Method::Other, |(m, _)| *m)
     }
 
-    fn as_str(self) -> &'static str {
+    /// The method's token (`OTHER` for [`Method::Other`]).
+    pub fn as_str(self) -> &'static str {
         let found = METHODS.iter().find(|(m, _)| *m == self);
         found.map_or("OTHER", |(_, name)| name)
     }

@@ -14,6 +14,7 @@
 //! `WIRE.md` and the invariants in `ALGORITHM.md`, both beside this crate's `Cargo.toml`.
 //!
 //! ## Modules
+//! - [`auth`]: cluster keys, tags and replay windows (authenticated traffic).
 //! - [`wire`]: the datagram codec (the only code that knows the datagram layout).
 //! - [`http`]: HTTP/1.1 framing for point-to-point exchanges, pure over bytes.
 //! - [`exchange`]: the paths and bincode bodies of those exchanges and of sequenced messages.
@@ -22,6 +23,7 @@
 //! - [`session`]: user sessions replicated to a secondary and rebuilt on failover.
 //! - [`membership`], [`event`], [`stats`], [`config`], [`ids`]: the rest of the public surface.
 
+pub mod auth;
 pub mod channel;
 pub mod codec;
 pub mod config;
@@ -36,6 +38,7 @@ pub mod session;
 pub mod stats;
 pub mod wire;
 
+pub use auth::{AuthConfig, ClusterKey, KeyError, Keyring};
 pub use config::{Config, ConfigError, Identity};
 pub use event::{Event, Peer};
 pub use ids::{Channel, ClusterId, MemberKey, RequestId};
@@ -46,4 +49,4 @@ pub use session::{
     ExpiredReason, LogicalRef, Resume, SessionError, SessionId, SessionInfo, SessionState,
     SessionToken, Value,
 };
-pub use stats::{Drops, Stats};
+pub use stats::{AuthDrops, Drops, Stats};

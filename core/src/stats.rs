@@ -42,6 +42,33 @@ pub struct Drops {
     pub bad_identity: u64,
 }
 
+/// Traffic refused by authentication ([`crate::Config::auth`]), by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthDrops {
+    /// Datagrams without an authentication tag.
+    pub datagram_untagged: u64,
+    /// Datagrams whose tag no key produced (forged, corrupted, or another cluster's key).
+    pub datagram_bad_tag: u64,
+    /// Datagrams refused as replays: a counter already accepted or older than the window, or
+    /// an incarnation older than one already authenticated.
+    pub datagram_replayed: u64,
+    /// Requests served without credentials (401).
+    pub request_untagged: u64,
+    /// Requests whose tag no key produced (401).
+    pub request_bad_tag: u64,
+    /// Requests stamped further than `max_clock_skew` from this node's clock (401).
+    pub request_stale: u64,
+    /// Requests whose nonce was already used (401).
+    pub request_replayed: u64,
+    /// Requests refused because `max_nonces` recent nonces are held (503).
+    pub request_nonces_full: u64,
+    /// Requests refused because the owner never set the wall clock (503).
+    pub request_no_clock: u64,
+    /// Answers to this node's requests without a valid tag for that request (treated as a
+    /// failed request).
+    pub response_bad: u64,
+}
+
 /// A node's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -55,6 +82,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Drops by reason.
     pub drops: Drops,
+    /// Authentication refusals by reason.
+    pub auth: AuthDrops,
     /// Sequenced messages delivered (announcements and published messages).
     pub messages_delivered: u64,
     /// Gap events reported.

@@ -6,6 +6,7 @@
 //! and rejects
 //! trailing bytes; fragment payloads are zero-copy slices of the received datagram.
 
+use crate::auth::{self, Domain, Keyring};
 use crate::ids::{Channel, ClusterId, MemberKey};
 use bytes::{BufMut, Bytes};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -29,6 +30,9 @@ pub const MAX_WIRE_STRING: usize = 255;
 pub const MAX_SEQ: u64 = 1 << 62;
 /// Most per-channel sequence entries one heartbeat may carry.
 pub const MAX_HEARTBEAT_CHANNELS: usize = 16;
+/// Bytes an authenticated datagram carries after its body: the sender's datagram counter
+/// (u64) and the tag ([`auth::TAG_LEN`]).
+pub const AUTH_TRAILER_LEN: usize = 8 + auth::TAG_LEN;
 
 /// What a datagram carries, from its header's kind byte (see `WIRE.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,7 +59,7 @@ impl Kind {
 const KIND_FRAGMENTS: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
 const KIND_LEAVE: u8 = 3;
-/// Header flag reserved for an authentication tag trailing the body (not in v1).
+/// Header flag: a counter and an authentication tag trail the body ([`seal`], [`open`]).
 const FLAG_AUTH_TAG: u8 = 0x01;
 const HEARTBEAT_FLAG_JOINING: u8 = 0x01;
 
@@ -74,9 +78,16 @@ pub enum WireError {
     /// Unknown body kind.
     #[error("unknown kind {0}")]
     UnknownKind(u8),
-    /// Header flags this node does not understand (such as an authentication tag).
+    /// Header flags this node does not understand, or an authentication tag a node without
+    /// keys cannot check.
     #[error("unsupported flags {0:#04x}")]
     UnsupportedFlags(u8),
+    /// No authentication tag, and this node requires one.
+    #[error("no authentication tag")]
+    Unauthenticated,
+    /// An authentication tag that no key of this node's keyring produced.
+    #[error("bad authentication tag")]
+    BadTag,
     /// The body ended before a field did.
     #[error("truncated body")]
     Truncated,
@@ -372,8 +383,13 @@ impl Reader<'_> {
 }
 
 /// Decodes the fixed header only (cheap filter before the body), with the kind of body that
-/// follows.
+/// follows. A header announcing an authentication trailer is accepted here; [`decode`] and
+/// [`open`] decide what to do with it.
 pub fn decode_header(buf: &[u8]) -> Result<(Header, Kind), WireError> {
+    decode_header_flags(buf).map(|(h, k, _)| (h, k))
+}
+
+fn decode_header_flags(buf: &[u8]) -> Result<(Header, Kind, u8), WireError> {
     if buf.len() < HEADER_LEN {
         return Err(WireError::TooShort);
     }
@@ -390,9 +406,7 @@ pub fn decode_header(buf: &[u8]) -> Result<(Header, Kind), WireError> {
         other => return Err(WireError::UnknownKind(other)),
     };
     let flags = buf[6];
-    if flags != 0 || buf[7] != 0 {
-        // FLAG_AUTH_TAG is reserved for the authenticated format; v1 carries none.
-        let _ = FLAG_AUTH_TAG;
+    if flags & !FLAG_AUTH_TAG != 0 || buf[7] != 0 {
         return Err(WireError::UnsupportedFlags(flags | buf[7]));
     }
     let word = |i: usize| {
@@ -400,19 +414,76 @@ pub fn decode_header(buf: &[u8]) -> Result<(Header, Kind), WireError> {
         a.copy_from_slice(&buf[i..i + 8]);
         u64::from_be_bytes(a)
     };
-    Ok((
-        Header {
-            cluster: ClusterId(word(8)),
-            sender: MemberKey(word(16)),
-            incarnation: word(24),
-        },
-        kind,
-    ))
+    let header = Header {
+        cluster: ClusterId(word(8)),
+        sender: MemberKey(word(16)),
+        incarnation: word(24),
+    };
+    Ok((header, kind, flags))
 }
 
-/// Decodes a whole datagram. Never panics; allocation is bounded by the datagram's length.
+/// Decodes a whole unauthenticated datagram. Never panics; allocation is bounded by the
+/// datagram's length. An authenticated datagram is refused (`UnsupportedFlags`): only
+/// [`open`], with a key, can read it.
 pub fn decode(buf: &Bytes) -> Result<Datagram, WireError> {
-    let (header, kind) = decode_header(buf)?;
+    let (header, kind, flags) = decode_header_flags(buf)?;
+    if flags != 0 {
+        return Err(WireError::UnsupportedFlags(flags));
+    }
+    decode_body(buf, header, kind)
+}
+
+/// An authenticated datagram, opened by [`open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// What it carries.
+    pub datagram: Datagram,
+    /// The sender's datagram counter (from 1 per incarnation), for replay checks.
+    pub counter: u64,
+}
+
+/// Adds the authentication trailer to an encoded datagram: sets the header's auth flag, then
+/// appends `counter` and the tag of everything before the tag under the keyring's first key.
+/// The result is [`AUTH_TRAILER_LEN`] bytes longer than `datagram`.
+pub fn seal(datagram: &[u8], counter: u64, keys: &Keyring) -> Bytes {
+    let mut out = Vec::with_capacity(datagram.len() + AUTH_TRAILER_LEN);
+    out.extend_from_slice(datagram);
+    if let Some(flags) = out.get_mut(6) {
+        *flags |= FLAG_AUTH_TAG;
+    }
+    out.put_u64(counter);
+    let tag = keys.tag(Domain::Datagram, &[&out]);
+    out.extend_from_slice(&tag);
+    Bytes::from(out)
+}
+
+/// Checks and decodes an authenticated datagram: the header must announce the trailer
+/// (`Unauthenticated` otherwise), the tag must verify under one of `keys` (`BadTag`), and
+/// only then is the body decoded, as [`decode`] would. Never panics.
+pub fn open(buf: &Bytes, keys: &Keyring) -> Result<Opened, WireError> {
+    let (header, kind, flags) = decode_header_flags(buf)?;
+    if flags & FLAG_AUTH_TAG == 0 {
+        return Err(WireError::Unauthenticated);
+    }
+    let Some(tag_at) = buf.len().checked_sub(auth::TAG_LEN) else {
+        return Err(WireError::Truncated);
+    };
+    if tag_at < HEADER_LEN + 8 {
+        return Err(WireError::Truncated);
+    }
+    if !keys.verify(Domain::Datagram, &[&buf[..tag_at]], &buf[tag_at..]) {
+        return Err(WireError::BadTag);
+    }
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&buf[tag_at - 8..tag_at]);
+    let datagram = decode_body(&buf.slice(..tag_at - 8), header, kind)?;
+    Ok(Opened {
+        datagram,
+        counter: u64::from_be_bytes(c),
+    })
+}
+
+fn decode_body(buf: &Bytes, header: Header, kind: Kind) -> Result<Datagram, WireError> {
     let mut r = Reader {
         buf,
         pos: HEADER_LEN,
@@ -653,5 +724,56 @@ mod tests {
         QuickCheck::new()
             .tests(5000)
             .quickcheck(prop as fn(bool, u8, Vec<u8>) -> bool);
+    }
+
+    fn keys(b: u8) -> Keyring {
+        Keyring::single(crate::auth::ClusterKey::new(vec![b; 32]).expect("key"))
+    }
+
+    #[test]
+    fn sealed_datagrams_open_with_the_key_and_nothing_else() {
+        let plain = encode_heartbeat(&header(), &heartbeat());
+        let sealed = seal(&plain, 77, &keys(1));
+        assert_eq!(sealed.len(), plain.len() + AUTH_TRAILER_LEN);
+        let opened = open(&sealed, &keys(1)).expect("opens");
+        assert_eq!(opened.counter, 77);
+        assert_eq!(opened.datagram, decode(&plain).expect("plain"));
+        assert_eq!(open(&sealed, &keys(2)), Err(WireError::BadTag));
+        assert_eq!(open(&plain, &keys(1)), Err(WireError::Unauthenticated));
+        assert_eq!(
+            decode(&sealed),
+            Err(WireError::UnsupportedFlags(FLAG_AUTH_TAG))
+        );
+        // Too short to carry a counter and a tag.
+        let stub = seal(&encode_leave(&header()), 1, &keys(1));
+        assert_eq!(
+            open(&stub.slice(..HEADER_LEN + 20), &keys(1)),
+            Err(WireError::Truncated)
+        );
+        let rotated = Keyring::new(vec![
+            crate::auth::ClusterKey::new(vec![2; 32]).expect("key"),
+            crate::auth::ClusterKey::new(vec![1; 32]).expect("key"),
+        ])
+        .expect("ring");
+        assert!(open(&sealed, &rotated).is_ok(), "any key of the ring opens");
+    }
+
+    #[test]
+    fn any_changed_bit_of_a_sealed_datagram_is_refused() {
+        let mut p = FragmentPacker::new(&header(), 1400);
+        assert!(p.push(Channel::Log, 3, 0, 1, 5, b"hello"));
+        let sealed = seal(&p.finish(), 9, &keys(3));
+        fn prop(sealed: Bytes, at: usize, bit: u8) -> bool {
+            let mut v = sealed.to_vec();
+            let at = at % v.len();
+            v[at] ^= 1 << (bit % 8);
+            open(&Bytes::from(v), &keys(3)).is_err()
+        }
+        let check = move |at: usize, bit: u8| prop(sealed.clone(), at, bit);
+        for at in 0..200 {
+            for bit in 0..8 {
+                assert!(check(at, bit), "byte {at} bit {bit}");
+            }
+        }
     }
 }

@@ -210,7 +210,32 @@ fn the_replica_holder_takes_over_when_the_primary_crashes() {
 
 #[test]
 fn a_third_member_fetches_the_copy_and_becomes_primary() {
-    let mut c = cluster(4, 5, test_config());
+    third_member_takes_over(test_config());
+}
+
+#[test]
+fn a_third_member_fetches_the_copy_in_an_authenticated_cluster() {
+    let key = hybridcast_core::ClusterKey::new(vec![5; 32]).expect("key");
+    let config = Config {
+        auth: Some(hybridcast_core::AuthConfig::new(
+            hybridcast_core::Keyring::single(key),
+        )),
+        ..test_config()
+    };
+    let c = third_member_takes_over(config);
+    // Replication, claim and release all went through authenticated exchanges.
+    for n in &c.nodes {
+        let s = n.node.stats();
+        assert_eq!(
+            s.auth.response_bad + s.auth.request_bad_tag + s.auth.request_untagged,
+            0
+        );
+    }
+    assert!(c.nodes.iter().any(|n| n.node.stats().claims_served > 0));
+}
+
+fn third_member_takes_over(config: Config) -> Cluster {
+    let mut c = cluster(4, 5, config);
     let token = session_with_cart(&mut c, 5);
     let state = c.nodes[0]
         .node
@@ -235,6 +260,7 @@ fn a_third_member_fetches_the_copy_and_becomes_primary() {
         .filter(|n| n.up && n.node.session(token.id).is_some())
         .count();
     assert_eq!(owners, 1);
+    c
 }
 
 #[test]

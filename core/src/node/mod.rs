@@ -1,5 +1,6 @@
 //! [`Node`]: one cluster member as a pure state machine.
 
+mod auth;
 mod p2p;
 mod sessions;
 
@@ -118,6 +119,8 @@ enum Purpose {
 struct Pending {
     purpose: Purpose,
     deadline: Instant,
+    /// The request's nonce when it was authenticated: its answer must be tagged with it.
+    nonce: Option<u128>,
 }
 
 /// One cluster member: a sans-IO state machine that never reads a clock, opens a socket,
@@ -213,6 +216,7 @@ pub struct Node {
     scratch: Vec<Event>,
     conflicts_reported: BTreeSet<u64>,
     sessions: sessions::Sessions,
+    auth: auth::AuthState,
     stats: Stats,
 }
 
@@ -271,6 +275,7 @@ impl Node {
             scratch: Vec::new(),
             conflicts_reported: BTreeSet::new(),
             sessions: sessions::Sessions::default(),
+            auth: auth::AuthState::default(),
             stats: Stats::default(),
             config,
             identity,
@@ -481,11 +486,15 @@ impl Node {
         if !self.left {
             self.flush();
         }
-        let t = self.out.pop_front()?;
-        if let Transmit::Group(d) = &t {
-            self.stats.datagrams_out += 1;
-            self.stats.bytes_out += d.len() as u64;
-        }
+        let t = match self.out.pop_front()? {
+            Transmit::Group(d) => {
+                let d = self.seal_group(d);
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += d.len() as u64;
+                Transmit::Group(d)
+            }
+            request => request,
+        };
         Some(t)
     }
 
@@ -554,12 +563,8 @@ impl Node {
         if self.left {
             return;
         }
-        let d = match wire::decode(&datagram) {
-            Ok(d) => d,
-            Err(e) => {
-                self.count_wire_error(e);
-                return;
-            }
+        let Some(d) = self.open_datagram(&datagram) else {
+            return;
         };
         if d.header.cluster != self.cluster {
             self.stats.drops.wrong_cluster += 1;
@@ -622,6 +627,7 @@ impl Node {
         let ttl = self.config.tombstone_ttl;
         self.members
             .retain(|_, m| m.state.is_live() || m.departed_at.is_none_or(|d| d + ttl > now));
+        self.prune_replay_windows();
         let joined = self.is_joined();
         let keys: Vec<MemberKey> = self.members.keys().copied().collect();
         for key in keys {
@@ -669,6 +675,8 @@ impl Node {
             | WireError::TrailingBytes
             | WireError::BadFragment
             | WireError::BadField => d.malformed += 1,
+            WireError::Unauthenticated => self.stats.auth.datagram_untagged += 1,
+            WireError::BadTag => self.stats.auth.datagram_bad_tag += 1,
         }
     }
 
@@ -1162,7 +1170,7 @@ impl Node {
             let mut datagrams = VecDeque::new();
             {
                 let mut packer =
-                    Packer::new(self.header(), self.config.max_datagram_size, &mut datagrams);
+                    Packer::new(self.header(), self.config.datagram_budget(), &mut datagrams);
                 for s in &mut self.senders {
                     s.pack(&mut packer);
                 }

@@ -41,7 +41,16 @@ impl Node {
     /// path, 405 wrong method, 410 after leaving, 507 answer larger than `http.max_body_bytes`,
     /// 500 answer that could not be encoded).
     pub fn handle_http_request(&mut self, now: Instant, request: &Request) -> Response {
-        let r = self.serve(now, request);
+        let r = match self.check_request(now, request) {
+            Ok(nonce) => {
+                let mut r = self.serve(now, request);
+                if let Some(nonce) = nonce {
+                    self.sign_response(nonce, &mut r);
+                }
+                r
+            }
+            Err(refused) => refused,
+        };
         self.sessions_settle(now);
         if r.status != 200 {
             self.stats.http_errors += 1;
@@ -213,6 +222,7 @@ impl Node {
         ));
         req.headers
             .push((exchange::HEADER_FROM.to_owned(), self.identity.name.clone()));
+        let nonce = self.sign_request(now, &mut req);
         let request = Bytes::from(req.encode(&to.to_string()));
         self.out.push_back(Transmit::Request { id, to, request });
         self.requests.insert(
@@ -220,6 +230,7 @@ impl Node {
             Pending {
                 purpose,
                 deadline: now + self.config.request_timeout,
+                nonce,
             },
         );
         id
@@ -329,6 +340,14 @@ impl Node {
         let Some(pending) = self.take_request(id) else {
             self.stats.stale_responses += 1;
             return;
+        };
+        let response = match response {
+            Ok(r) if !self.check_response(pending.nonce, &r) => {
+                Err(RequestFailure::InvalidResponse(
+                    "response without a valid authentication tag".into(),
+                ))
+            }
+            other => other,
         };
         match pending.purpose {
             Purpose::Replicate {

@@ -263,8 +263,7 @@ impl Node {
             });
         }
         let id = loop {
-            let hi = u128::from(self.rng.next_u64() ^ self.key.0);
-            let id = SessionId((hi << 64) | u128::from(self.rng.next_u64()));
+            let id = self.new_session_id();
             if !self.sessions.owned.contains_key(&id) && !self.sessions.replicas.contains_key(&id) {
                 break id;
             }

@@ -78,7 +78,12 @@ pub struct Cluster {
     pub dump_requests: HashMap<usize, u32>,
     pub config: Config,
     pub steps: u64,
+    /// When `Some`, every group datagram sent is recorded here with its sender's index.
+    pub sent: Option<Vec<(usize, Bytes)>>,
 }
+
+/// The wall clock (Unix ms) every simulated node is told at the cluster's start.
+pub const WALL_CLOCK_AT_START: u64 = 1_790_000_000_000;
 
 pub fn test_config() -> Config {
     Config {
@@ -118,6 +123,7 @@ impl Cluster {
             dump_requests: HashMap::new(),
             config,
             steps: 0,
+            sent: None,
         }
     }
 
@@ -127,17 +133,32 @@ impl Cluster {
         let addr: SocketAddr = format!("127.0.0.{}:{}", 1 + idx % 200, 7000 + idx)
             .parse()
             .expect("addr");
-        let node = self.make_node(name, addr, 0);
+        let node = self.make_node(name, addr, 0, self.config.clone());
+        self.nodes.push(node);
+        idx
+    }
+
+    /// Starts a node called `name` with its own `config` (a different key, say).
+    pub fn add_with(&mut self, name: &str, config: Config) -> usize {
+        let idx = self.nodes.len();
+        let addr: SocketAddr = format!("127.0.0.{}:{}", 1 + idx % 200, 7000 + idx)
+            .parse()
+            .expect("addr");
+        let node = self.make_node(name, addr, 0, config);
         self.nodes.push(node);
         idx
     }
 
     /// A fresh simulated member (incarnation from the virtual time, above `bump`).
-    fn make_node(&mut self, name: &str, addr: SocketAddr, bump: u64) -> SimNode {
+    fn make_node(&mut self, name: &str, addr: SocketAddr, bump: u64, config: Config) -> SimNode {
         let incarnation = 1 + (self.now - self.start).as_millis() as u64 + bump;
         let mut id = Identity::new("sim", name, incarnation, addr);
         id.host_id = format!("host-{}", addr.port() % 3);
-        let node = Node::new(self.config.clone(), id, self.now, self.rng.next_u64()).expect("node");
+        let mut node = Node::new(config, id, self.now, self.rng.next_u64()).expect("node");
+        node.set_wall_clock(
+            self.now,
+            WALL_CLOCK_AT_START + (self.now - self.start).as_millis() as u64,
+        );
         SimNode {
             node,
             addr,
@@ -158,7 +179,23 @@ impl Cluster {
         let name = self.nodes[i].node.identity().name.clone();
         let addr = self.nodes[i].addr;
         let old = self.nodes[i].node.identity().incarnation;
-        self.nodes[i] = self.make_node(&name, addr, old);
+        let config = self.nodes[i].node.config().clone();
+        self.nodes[i] = self.make_node(&name, addr, old, config);
+    }
+
+    /// Restarts node `i` (new incarnation, same name and address) with `config`.
+    pub fn restart_with(&mut self, i: usize, config: Config) {
+        let name = self.nodes[i].node.identity().name.clone();
+        let addr = self.nodes[i].addr;
+        let old = self.nodes[i].node.identity().incarnation;
+        self.nodes[i] = self.make_node(&name, addr, old, config);
+    }
+
+    /// Hands node `to` a datagram now, as if it came from `from` (a replay, a forgery).
+    pub fn inject(&mut self, to: usize, from: SocketAddr, bytes: Bytes) {
+        let now = self.now;
+        self.nodes[to].node.handle_datagram(now, from, bytes);
+        self.drain(to);
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -196,6 +233,9 @@ impl Cluster {
         while let Some(t) = self.nodes[i].node.poll_transmit() {
             match t {
                 Transmit::Group(bytes) => {
+                    if let Some(sent) = &mut self.sent {
+                        sent.push((i, bytes.clone()));
+                    }
                     for j in 0..self.nodes.len() {
                         if j == i || !self.reachable(i, j) {
                             continue;

@@ -1,0 +1,340 @@
+//! The node's side of cluster authentication ([`crate::auth`]): sealing what it sends, opening
+//! what it receives, and refusing replays. Everything here is a no-op without
+//! [`Config::auth`](crate::Config::auth).
+
+use super::Node;
+use crate::auth::{AuthConfig, Domain, Freshness, NonceCache, Replay, ReplayWindow, TAG_LEN};
+use crate::exchange;
+use crate::http::{Request, Response};
+use crate::ids::MemberKey;
+use crate::wire::{self, Datagram, WireError};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Per-node authentication state.
+#[derive(Debug, Default)]
+pub(super) struct AuthState {
+    /// Counter of the last datagram sealed (from 1 per incarnation).
+    counter: u64,
+    /// Datagram counters accepted per sender.
+    windows: BTreeMap<MemberKey, ReplayWindow>,
+    /// Nonces of requests served recently.
+    nonces: NonceCache,
+    /// The wall clock: Unix milliseconds at an instant, set by the owner.
+    wall: Option<(Instant, u64)>,
+}
+
+/// A request's credentials, read from [`exchange::HEADER_AUTH`].
+struct Credentials {
+    stamp_ms: u64,
+    nonce: u128,
+    tag: [u8; TAG_LEN],
+}
+
+/// Why a served request failed authentication.
+enum Refusal {
+    Missing,
+    BadTag,
+    Stale,
+    Replayed,
+    Full,
+    NoClock,
+}
+
+impl Node {
+    /// Tells the node the wall-clock time: `unix_ms` (milliseconds since the Unix epoch) at
+    /// `now`. The node derives later wall-clock times from its monotonic `now` arguments.
+    ///
+    /// Needed only with [`Config::auth`](crate::Config::auth): requests carry the sender's
+    /// wall-clock time and servers refuse one further than `max_clock_skew` from their own.
+    /// Call it once before the first input and again whenever the owner's clock is corrected;
+    /// a node with authentication and no wall clock refuses every request it serves (503) and
+    /// stamps its own with time 0, which every peer refuses.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.auth.wall = Some((now, unix_ms));
+    }
+
+    fn wall_ms(&self, now: Instant) -> Option<u64> {
+        let (at, ms) = self.auth.wall?;
+        let since = now.saturating_duration_since(at).as_millis();
+        Some(ms.saturating_add(u64::try_from(since).unwrap_or(u64::MAX)))
+    }
+
+    fn auth_config(&self) -> Option<&AuthConfig> {
+        self.config.auth.as_ref()
+    }
+
+    /// The datagram as it goes on the wire: sealed with the next counter when authentication
+    /// is on.
+    pub(super) fn seal_group(&mut self, datagram: Bytes) -> Bytes {
+        let Some(auth) = self.config.auth.as_ref() else {
+            return datagram;
+        };
+        self.auth.counter += 1;
+        wire::seal(&datagram, self.auth.counter, &auth.keys)
+    }
+
+    /// Decodes a received datagram; with authentication on, checks its tag and refuses a
+    /// replay. Refusals are counted; `None` means dropped.
+    pub(super) fn open_datagram(&mut self, datagram: &Bytes) -> Option<Datagram> {
+        let Some(auth) = self.config.auth.as_ref() else {
+            return match wire::decode(datagram) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.count_wire_error(e);
+                    None
+                }
+            };
+        };
+        let opened = match wire::open(datagram, &auth.keys) {
+            Ok(o) => o,
+            Err(WireError::Unauthenticated) => {
+                self.stats.auth.datagram_untagged += 1;
+                return None;
+            }
+            Err(WireError::BadTag) => {
+                self.stats.auth.datagram_bad_tag += 1;
+                return None;
+            }
+            Err(e) => {
+                self.count_wire_error(e);
+                return None;
+            }
+        };
+        let h = opened.datagram.header;
+        let ours = h.sender == self.key && h.incarnation == self.identity.incarnation;
+        if h.cluster == self.cluster && !ours {
+            let accepted = match self.auth.windows.get_mut(&h.sender) {
+                Some(w) => w.accept(h.incarnation, opened.counter),
+                None => {
+                    self.auth
+                        .windows
+                        .insert(h.sender, ReplayWindow::new(h.incarnation, opened.counter));
+                    Ok(())
+                }
+            };
+            if let Err(Replay::Seen | Replay::OldIncarnation) = accepted {
+                self.stats.auth.datagram_replayed += 1;
+                return None;
+            }
+        }
+        Some(opened.datagram)
+    }
+
+    /// Forgets the replay windows of senders no longer in the member table, once there are
+    /// more than twice `max_members` of them (a departed member's window outlives its
+    /// tombstone for a while, so its old datagrams stay refused).
+    pub(super) fn prune_replay_windows(&mut self) {
+        let limit = self.config.max_members.saturating_mul(2);
+        if self.auth.windows.len() > limit {
+            let members = &self.members;
+            self.auth.windows.retain(|k, _| members.contains_key(k));
+        }
+    }
+
+    /// A fresh session id. With authentication it is a keyed hash of this member, its
+    /// incarnation and the node's randomness, so nobody without the key can predict one from
+    /// ids seen before; without, it comes from the seeded generator and can be guessed by
+    /// whoever sees a few.
+    pub(super) fn new_session_id(&mut self) -> crate::session::SessionId {
+        let (a, b) = (self.rng.next_u64(), self.rng.next_u64());
+        let raw = match self.auth_config() {
+            Some(auth) => {
+                let parts: [&[u8]; 4] = [
+                    &self.key.0.to_be_bytes(),
+                    &self.identity.incarnation.to_be_bytes(),
+                    &a.to_be_bytes(),
+                    &b.to_be_bytes(),
+                ];
+                u128::from_be_bytes(auth.keys.tag(Domain::SessionId, &parts))
+            }
+            None => u128::from(a ^ self.key.0) << 64 | u128::from(b),
+        };
+        crate::session::SessionId(raw)
+    }
+
+    /// Adds credentials to a request about to be sent; returns its nonce.
+    pub(super) fn sign_request(&mut self, now: Instant, req: &mut Request) -> Option<u128> {
+        self.auth_config()?;
+        let stamp_ms = self.wall_ms(now).unwrap_or(0);
+        let nonce = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
+        let keys = &self.config.auth.as_ref()?.keys;
+        let tag = keys.tag(
+            Domain::Request,
+            &request_parts(req, stamp_ms, nonce).as_slices(),
+        );
+        req.headers.push((
+            exchange::HEADER_AUTH.to_owned(),
+            format!("v1 {stamp_ms} {nonce:032x} {}", crate::auth::to_hex(&tag)),
+        ));
+        Some(nonce)
+    }
+
+    /// Checks a served request's credentials. `Ok(None)`: authentication is off; `Ok(Some)`:
+    /// the request's nonce, to sign the response with; `Err`: the refusal to send (counted).
+    pub(super) fn check_request(
+        &mut self,
+        now: Instant,
+        req: &Request,
+    ) -> Result<Option<u128>, Response> {
+        let Some(auth) = self.config.auth.as_ref() else {
+            return Ok(None);
+        };
+        let refusal = match req
+            .header(exchange::HEADER_AUTH)
+            .and_then(parse_credentials)
+        {
+            None => Refusal::Missing,
+            Some(c) => {
+                let parts = request_parts(req, c.stamp_ms, c.nonce);
+                if !auth
+                    .keys
+                    .verify(Domain::Request, &parts.as_slices(), &c.tag)
+                {
+                    Refusal::BadTag
+                } else {
+                    let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+                    let capacity = auth.max_nonces;
+                    match self.wall_ms(now) {
+                        None => Refusal::NoClock,
+                        Some(wall) => {
+                            match self
+                                .auth
+                                .nonces
+                                .accept(wall, c.stamp_ms, c.nonce, skew, capacity)
+                            {
+                                Ok(()) => return Ok(Some(c.nonce)),
+                                Err(Freshness::OutsideWindow) => Refusal::Stale,
+                                Err(Freshness::Replayed) => Refusal::Replayed,
+                                Err(Freshness::Full) => Refusal::Full,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let a = &mut self.stats.auth;
+        let (status, reason, counter) = match refusal {
+            Refusal::Missing => (401, "authentication required", &mut a.request_untagged),
+            Refusal::BadTag => (401, "bad authentication tag", &mut a.request_bad_tag),
+            Refusal::Stale => (401, "request time outside the window", &mut a.request_stale),
+            Refusal::Replayed => (401, "replayed request", &mut a.request_replayed),
+            Refusal::Full => (503, "too many recent requests", &mut a.request_nonces_full),
+            Refusal::NoClock => (503, "no wall clock set", &mut a.request_no_clock),
+        };
+        *counter += 1;
+        Err(Response::error(status, reason))
+    }
+
+    /// Tags a response to a request that carried `nonce`.
+    pub(super) fn sign_response(&self, nonce: u128, resp: &mut Response) {
+        let Some(auth) = self.auth_config() else {
+            return;
+        };
+        let tag = auth
+            .keys
+            .tag(Domain::Response, &response_parts(nonce, resp).as_slices());
+        resp.headers.push((
+            exchange::HEADER_AUTH.to_owned(),
+            format!("v1 {}", crate::auth::to_hex(&tag)),
+        ));
+    }
+
+    /// True if `resp` may be used as the answer to the request sent with `nonce`: always
+    /// without authentication, else only with a valid tag (a failure is counted).
+    pub(super) fn check_response(&mut self, nonce: Option<u128>, resp: &Response) -> bool {
+        let Some(auth) = self.config.auth.as_ref() else {
+            return true;
+        };
+        let tag = resp
+            .header(exchange::HEADER_AUTH)
+            .and_then(|v| v.strip_prefix("v1 "))
+            .and_then(parse_tag);
+        let ok = match (nonce, tag) {
+            (Some(n), Some(tag)) => {
+                auth.keys
+                    .verify(Domain::Response, &response_parts(n, resp).as_slices(), &tag)
+            }
+            _ => false,
+        };
+        if !ok {
+            self.stats.auth.response_bad += 1;
+        }
+        ok
+    }
+}
+
+/// The tagged parts of a request or response, owned.
+struct Parts(Vec<Vec<u8>>);
+
+impl Parts {
+    fn as_slices(&self) -> Vec<&[u8]> {
+        self.0.iter().map(Vec::as_slice).collect()
+    }
+}
+
+/// What a request's tag covers: method, path, query pairs, the cluster and sender headers,
+/// time, nonce and body.
+fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
+    let mut query = Vec::new();
+    for (k, v) in &req.query {
+        for s in [k, v] {
+            query.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            query.extend_from_slice(s.as_bytes());
+        }
+    }
+    let header = |name| req.header(name).unwrap_or("").as_bytes().to_vec();
+    Parts(vec![
+        req.method.as_str().as_bytes().to_vec(),
+        req.path.as_bytes().to_vec(),
+        query,
+        header(exchange::HEADER_CLUSTER),
+        header(exchange::HEADER_FROM),
+        stamp_ms.to_be_bytes().to_vec(),
+        nonce.to_be_bytes().to_vec(),
+        req.body.to_vec(),
+    ])
+}
+
+/// What a response's tag covers: the request's nonce, the status and the body.
+fn response_parts(nonce: u128, resp: &Response) -> Parts {
+    Parts(vec![
+        nonce.to_be_bytes().to_vec(),
+        resp.status.to_be_bytes().to_vec(),
+        resp.body.to_vec(),
+    ])
+}
+
+/// Reads `v1 <stamp ms> <nonce: 32 hex> <tag: 32 hex>`.
+fn parse_credentials(value: &str) -> Option<Credentials> {
+    let mut words = value.split(' ');
+    if words.next()? != "v1" {
+        return None;
+    }
+    let stamp = words.next()?;
+    let nonce = words.next()?;
+    let tag = parse_tag(words.next()?)?;
+    if words.next().is_some() || nonce.len() != 32 || stamp.is_empty() || stamp.len() > 20 {
+        return None;
+    }
+    if !stamp.bytes().all(|b| b.is_ascii_digit()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(Credentials {
+        stamp_ms: stamp.parse().ok()?,
+        nonce: u128::from_str_radix(nonce, 16).ok()?,
+        tag,
+    })
+}
+
+fn parse_tag(hex: &str) -> Option<[u8; TAG_LEN]> {
+    if hex.len() != TAG_LEN * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut tag = [0u8; TAG_LEN];
+    for (i, byte) in tag.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(tag)
+}
