@@ -46,9 +46,14 @@ pub struct RuntimeConfig {
     /// For demos and tests only: the share of received group datagrams dropped on purpose
     /// before the core sees them, to show loss and recovery on a network that loses nothing.
     pub receive_drop_rate: f64,
-    /// Seed of the core's randomness and of the drop rate; `None` derives one from the name
-    /// and incarnation.
+    /// Seed of the core's randomness and of the drop rate; `None` draws one from the
+    /// operating system's random source.
     pub seed: Option<u64>,
+    /// Allows running without [`Config::auth`] although traffic leaves this host (a
+    /// non-loopback interface or HTTP address). Default false: such a member refuses to start
+    /// without a cluster key, because anyone on the network could then join, inject offers
+    /// and read or overwrite sessions. A member confined to loopback needs no key.
+    pub allow_unauthenticated: bool,
 }
 
 impl RuntimeConfig {
@@ -69,6 +74,7 @@ impl RuntimeConfig {
             idle_timeout: Duration::from_secs(30),
             receive_drop_rate: 0.0,
             seed: None,
+            allow_unauthenticated: false,
         }
     }
 
@@ -93,6 +99,18 @@ impl RuntimeConfig {
         if self.idle_timeout.is_zero() {
             return bad("idle_timeout", "must be positive".into());
         }
+        let leaves_host = !self.interface.is_loopback() || !self.http.ip().is_loopback();
+        if leaves_host && self.core.auth.is_none() && !self.allow_unauthenticated {
+            return bad(
+                "core.auth",
+                format!(
+                    "no cluster key, and traffic leaves this host (interface {}, HTTP {}): give a key (a key file, or the {} variable) or allow unauthenticated traffic explicitly",
+                    self.interface,
+                    self.http.ip(),
+                    crate::keys::KEYS_ENV
+                ),
+            );
+        }
         if !(0.0..1.0).contains(&self.receive_drop_rate) {
             return bad(
                 "receive_drop_rate",
@@ -100,5 +118,30 @@ impl RuntimeConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hybridcast_core::{AuthConfig, ClusterKey, Keyring};
+
+    #[test]
+    fn traffic_leaving_the_host_needs_a_key_unless_explicitly_allowed() {
+        let local = RuntimeConfig::new("c", "m");
+        assert!(local.validate().is_ok(), "loopback needs no key");
+        let mut lan = RuntimeConfig::new("c", "m");
+        lan.interface = Ipv4Addr::new(10, 0, 0, 5);
+        let e = lan.validate().expect_err("a LAN member without a key");
+        assert!(e.to_string().contains("no cluster key"), "{e}");
+        let mut open_http = RuntimeConfig::new("c", "m");
+        open_http.http = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        assert!(open_http.validate().is_err(), "HTTP on every interface");
+        lan.allow_unauthenticated = true;
+        assert!(lan.validate().is_ok());
+        lan.allow_unauthenticated = false;
+        let key = ClusterKey::new(vec![1; 16]).expect("key");
+        lan.core.auth = Some(AuthConfig::new(Keyring::single(key)));
+        assert!(lan.validate().is_ok());
     }
 }

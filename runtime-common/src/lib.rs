@@ -19,6 +19,7 @@
 mod config;
 pub mod endpoints;
 mod group;
+pub mod keys;
 pub mod serve;
 pub mod sessions;
 pub mod socket;
@@ -101,8 +102,9 @@ pub struct Prepared {
 ///
 /// The incarnation defaults to the wall clock in milliseconds (so a restart always gets a
 /// higher one), the host id to the `HOSTNAME` variable or the interface address, and the
-/// seed to a hash of name and incarnation. An HTTP address on the unspecified address is
-/// advertised as the interface's, which peers can reach.
+/// seed to the OS's randomness. An HTTP address on the unspecified address is advertised as
+/// the interface's, which peers can reach. The node is told the wall clock (for
+/// authenticated requests' time stamps).
 pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> {
     cfg.validate()?;
     let listener = socket::listener(cfg.http).map_err(Error::io("binding the HTTP listener"))?;
@@ -114,20 +116,26 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     }
     let udp = socket::multicast(cfg.group, cfg.interface, cfg.ttl)
         .map_err(Error::io("joining the multicast group"))?;
-    let incarnation = *cfg.incarnation.get_or_insert_with(|| {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis());
-        u64::try_from(ms).unwrap_or(u64::MAX).max(1)
-    });
+    let incarnation = *cfg.incarnation.get_or_insert_with(|| unix_millis().max(1));
     let mut identity = Identity::new(&cfg.cluster, &cfg.name, incarnation, http_addr);
     identity.host_id = cfg
         .host_id
         .clone()
         .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| cfg.interface.to_string()));
-    let seed = *cfg
-        .seed
-        .get_or_insert_with(|| stable_hash(&[cfg.name.as_bytes(), &incarnation.to_be_bytes()]));
+    let seed = *cfg.seed.get_or_insert_with(|| {
+        // The OS's randomness; should it fail, a hash of name, incarnation and start time
+        // still differs between members and restarts.
+        getrandom::u64().unwrap_or_else(|_| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            stable_hash(&[
+                cfg.name.as_bytes(),
+                &incarnation.to_be_bytes(),
+                &nanos.to_be_bytes(),
+            ])
+        })
+    });
     let whoami = WhoAmI {
         cluster: cfg.cluster.clone(),
         group: cfg.clone.as_ref().map(|c| c.0.clone()),
@@ -136,7 +144,9 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
         host: identity.host_id.clone(),
         incarnation,
     };
-    let node = Node::new(cfg.core.clone(), identity, now, seed)?;
+    let mut node = Node::new(cfg.core.clone(), identity, now, seed)?;
+    // Authenticated requests carry wall-clock time; the node derives it from `now` from here on.
+    node.set_wall_clock(now, unix_millis());
     Ok(Prepared {
         node,
         udp,
@@ -145,6 +155,14 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
         drops: ReceiveDrops::new(cfg.receive_drop_rate, seed),
         config: cfg,
     })
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// The receive-side drop injection of [`RuntimeConfig::receive_drop_rate`], for demos and

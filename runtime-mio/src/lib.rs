@@ -24,7 +24,7 @@ mod spawn;
 pub use driver::Driver;
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
-    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, serve::MAX_REQUEST_BODY,
-    socket,
+    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, keys,
+    serve::MAX_REQUEST_BODY, socket,
 };
 pub use spawn::{COMMAND_QUEUE, EVENT_QUEUE, NodeHandle, Stopped, spawn};

@@ -24,6 +24,8 @@ fn sh(args: &[&str]) {
 struct Lab {
     tag: String,
     procs: Vec<Child>,
+    /// The cluster key every member reads (the members leave loopback, so they need one).
+    key_file: std::path::PathBuf,
 }
 
 impl Lab {
@@ -38,9 +40,14 @@ impl Lab {
     }
 
     fn build() -> Lab {
+        let tag = format!("hc{}", std::process::id() % 100_000);
+        let key_file = std::env::temp_dir().join(format!("{tag}.key"));
+        let text = hybridcast_mio::keys::new_key_file_text().expect("a key");
+        std::fs::write(&key_file, text).expect("write the key file");
         let lab = Lab {
-            tag: format!("hc{}", std::process::id() % 100_000),
+            tag,
             procs: Vec::new(),
+            key_file,
         };
         let br = lab.bridge();
         sh(&[
@@ -102,6 +109,7 @@ impl Drop for Lab {
                 .args(["netns", "del", &self.ns(i)])
                 .status();
         }
+        let _ = std::fs::remove_file(&self.key_file);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])
             .status();
@@ -141,6 +149,8 @@ fn four_namespaces_with_kernel_loss_converge() {
                 "239.255.77.5:47501",
             ])
             .args(["--heartbeat-ms", "200", "--seconds", "300"])
+            .arg("--key-file")
+            .arg(&lab.key_file)
             .args([
                 "--bind",
                 &format!("svc-{i}=v{i}"),

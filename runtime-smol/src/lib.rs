@@ -32,7 +32,8 @@ mod http;
 
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
-    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, serve::MAX_REQUEST_BODY,
+    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, keys,
+    serve::MAX_REQUEST_BODY,
 };
 
 use bytes::Bytes;

@@ -2,11 +2,13 @@
 
 use clap::{Args, Parser, Subcommand};
 use hybridcast_mio::core::session::{LogicalRef, pool};
+use hybridcast_mio::core::{AuthConfig, Keyring};
 use hybridcast_mio::core::{Config, Event, Identity, MemberKey, SessionState, SessionToken, Value};
 use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
-use hybridcast_mio::{DEFAULT_GROUP, NodeHandle, Resumed, RuntimeConfig, spawn};
+use hybridcast_mio::{DEFAULT_GROUP, NodeHandle, Resumed, RuntimeConfig, keys, spawn};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ enum Command {
     /// Start a cluster on loopback, lose packets, crash a member, join a new one, and exit 0
     /// once every view agrees.
     Demo(DemoArgs),
+    /// Print a fresh random cluster key in key-file format (`hybridcast keygen > cluster.key`).
+    Keygen,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +77,15 @@ struct NodeArgs {
     /// Drop this share of received group datagrams on purpose (demos and tests only).
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
+    /// File holding the cluster keys: hex, one per line, the first signs and all are accepted
+    /// (make one with `hybridcast keygen`). Without it the keys come from the
+    /// HYBRIDCAST_CLUSTER_KEYS variable.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Run without authentication: anyone who can reach the group or the HTTP port can join,
+    /// inject offers and take sessions. Only for a network you trust entirely.
+    #[arg(long, conflicts_with = "key_file")]
+    insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +117,7 @@ fn main() -> ExitCode {
         Command::Node(a) => node(a),
         Command::Status { url } => status(&url),
         Command::Demo(a) => demo(a),
+        Command::Keygen => keygen(),
     };
     match result {
         Ok(code) => code,
@@ -128,8 +142,26 @@ fn node(a: NodeArgs) -> Result<ExitCode, String> {
     cfg.http = a.http;
     cfg.receive_drop_rate = a.drop_rate;
     cfg.core.heartbeat_interval = Duration::from_millis(a.heartbeat_ms.max(1));
+    let keys = match &a.key_file {
+        Some(path) => Some(keys::read_key_file(path).map_err(|e| e.to_string())?),
+        None => keys::keys_from_env().map_err(|e| e.to_string())?,
+    };
+    match keys {
+        Some(keys) => cfg.core.auth = Some(AuthConfig::new(keys)),
+        None if a.insecure => {
+            cfg.allow_unauthenticated = true;
+            tracing::warn!("running WITHOUT authentication (--insecure)");
+        }
+        None => {
+            return Err(format!(
+                "no cluster key: give --key-file FILE (make one with `hybridcast keygen`) or set {}; --insecure runs without authentication",
+                keys::KEYS_ENV
+            ));
+        }
+    }
+    let authenticated = cfg.core.auth.is_some();
     let h = spawn(cfg).map_err(|e| e.to_string())?;
-    tracing::info!(%name, http = %h.http_addr(), group = %a.group, "member started");
+    tracing::info!(%name, http = %h.http_addr(), group = %a.group, authenticated, "member started");
     for (n, v) in &a.binds {
         h.bind(n, v)
             .map_err(|e| e.to_string())?
@@ -154,6 +186,11 @@ fn node(a: NodeArgs) -> Result<ExitCode, String> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+fn keygen() -> Result<ExitCode, String> {
+    print!("{}", keys::new_key_file_text().map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn log_event(e: &Event) {
@@ -223,6 +260,8 @@ fn status(url: &str) -> Result<ExitCode, String> {
 
 struct Demo {
     members: Vec<(String, Option<NodeHandle>)>,
+    /// The demo cluster's keys: one fresh random key, so the demo runs authenticated.
+    keys: Keyring,
     group: SocketAddrV4,
     limit: Duration,
 }
@@ -235,6 +274,7 @@ impl Demo {
         cfg.core = Config {
             heartbeat_interval: Duration::from_millis(200),
             request_timeout: Duration::from_millis(500),
+            auth: Some(AuthConfig::new(self.keys.clone())),
             ..Config::default()
         };
         let h = spawn(cfg).map_err(|e| format!("cannot start {name}: {e}"))?;
@@ -327,13 +367,15 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     }
     // A port of our own, so the demo never mixes with a cluster on the default port.
     let port = 46_000 + (std::process::id() % 2000) as u16;
+    let key = keys::random_key().map_err(|e| e.to_string())?;
     let mut d = Demo {
         members: Vec::new(),
+        keys: Keyring::single(key),
         group: SocketAddrV4::new(*DEFAULT_GROUP.ip(), port),
         limit: Duration::from_secs(a.seconds),
     };
     println!(
-        "starting {} members on {} (loopback), 20 offers each; member-1 drops {:.0}% of what it receives",
+        "starting {} members on {} (loopback, authenticated with a fresh random key), 20 offers each; member-1 drops {:.0}% of what it receives",
         a.nodes,
         d.group,
         a.loss * 100.0
