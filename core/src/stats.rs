@@ -120,6 +120,9 @@ pub struct Stats {
     pub members_failed: u64,
     /// Departed members remembered (left).
     pub members_left: u64,
+    /// Bytes held by the receive caches of all senders (gauge; at most
+    /// `max_cached_bytes_total`).
+    pub cached_bytes: u64,
     /// Sessions this member serves as primary (gauge).
     pub sessions_primary: u64,
     /// Session replicas this member holds as secondary (gauge).

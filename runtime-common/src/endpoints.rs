@@ -255,6 +255,35 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     ] {
         let _ = writeln!(o, "hybridcast_drops_total{{reason=\"{reason}\"}} {v}");
     }
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_auth_refused_total Traffic refused by cluster authentication, by reason."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_auth_refused_total counter");
+    let a = &s.auth;
+    for (reason, v) in [
+        ("datagram_untagged", a.datagram_untagged),
+        ("datagram_bad_tag", a.datagram_bad_tag),
+        ("datagram_replayed", a.datagram_replayed),
+        ("request_untagged", a.request_untagged),
+        ("request_bad_tag", a.request_bad_tag),
+        ("request_stale", a.request_stale),
+        ("request_replayed", a.request_replayed),
+        ("request_nonces_full", a.request_nonces_full),
+        ("request_no_clock", a.request_no_clock),
+        ("response_bad", a.response_bad),
+    ] {
+        let _ = writeln!(
+            o,
+            "hybridcast_auth_refused_total{{reason=\"{reason}\"}} {v}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_cached_bytes Bytes held by the receive caches of all senders."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_cached_bytes gauge");
+    let _ = writeln!(o, "hybridcast_cached_bytes {}", s.cached_bytes);
     let _ = writeln!(o, "# HELP hybridcast_members Members by state.");
     let _ = writeln!(o, "# TYPE hybridcast_members gauge");
     for (state, v) in [

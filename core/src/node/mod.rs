@@ -350,6 +350,7 @@ impl Node {
             }
         }
         (s.sessions_primary, s.sessions_replica) = self.sessions.counts();
+        s.cached_bytes = self.cached_total as u64;
         s
     }
 
