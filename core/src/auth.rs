@@ -19,7 +19,7 @@
 //! ([`NonceCache`], bounded by [`AuthConfig::max_nonces`]). A response's tag covers the
 //! request's nonce, so an answer can only be taken for the request it answers.
 //!
-//! The byte layouts are in `WIRE.md` §6.
+//! The byte layouts are in `WIRE.md` §8.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

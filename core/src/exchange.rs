@@ -21,7 +21,7 @@ pub const PATH_DUMP: &str = "/hybridcast/v1/dump";
 pub const HEADER_CLUSTER: &str = "x-hybridcast-cluster";
 /// Request header naming the asking member (informational).
 pub const HEADER_FROM: &str = "x-hybridcast-from";
-/// Header carrying a request's or response's authentication (`WIRE.md` §6) when the cluster
+/// Header carrying a request's or response's authentication (`WIRE.md` §8) when the cluster
 /// is authenticated.
 pub const HEADER_AUTH: &str = "x-hybridcast-auth";
 /// Content type of bincode bodies.
