@@ -37,6 +37,33 @@ fn sixteen_members_with_200_offers_converge_under_20_percent_loss_during_churn()
 }
 
 #[test]
+fn an_authenticated_cluster_converges_under_loss_duplication_and_churn() {
+    let key = hybridcast_core::ClusterKey::new(vec![0x33; 32]).expect("key");
+    let mut node = sim_node_config();
+    node.auth = Some(hybridcast_core::AuthConfig::new(
+        hybridcast_core::Keyring::single(key),
+    ));
+    let mut link = LinkParams::lossy(0.2);
+    link.duplicate = 0.05;
+    let r = Scenario {
+        nodes: 12,
+        offers: 100,
+        link,
+        seed: 61,
+        churn: 60,
+        node,
+        ..Scenario::default()
+    }
+    .run();
+    assert_report(&r);
+    assert!(r.traffic.lost > 100, "{}", r.render());
+    assert!(
+        r.traffic.recovery().requests > 0,
+        "recovery went through authenticated requests"
+    );
+}
+
+#[test]
 fn sixty_four_members_with_50_offers_converge_under_30_percent_burst_loss() {
     let r = Scenario {
         nodes: 64,

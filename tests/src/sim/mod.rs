@@ -73,6 +73,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// The wall clock (Unix ms) at a simulation's start, as every node is told it.
+pub const SIM_WALL_CLOCK_MS: u64 = 1_790_000_000_000;
+
 /// Everything a simulation is built from.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -528,10 +531,13 @@ impl Sim {
         self.incarnations.insert(name.to_owned(), incarnation);
         let mut id = Identity::new(&self.cfg.cluster, name, incarnation, addr);
         id.host_id = format!("host-{}", idx % self.cfg.hosts.max(1));
-        let node = match Node::new(self.cfg.node.clone(), id, self.now, self.rng.next_u64()) {
+        let mut node = match Node::new(self.cfg.node.clone(), id, self.now, self.rng.next_u64()) {
             Ok(n) => n,
             Err(e) => panic!("simulation config rejected by core: {e}"),
         };
+        // Every simulated host's wall clock reads the same virtual time (authenticated
+        // requests carry it); a fixed date keeps runs replayable.
+        node.set_wall_clock(self.now, SIM_WALL_CLOCK_MS + ms);
         self.checker.started(node.key(), incarnation);
         node
     }
