@@ -52,6 +52,8 @@ pub(crate) struct Conn {
     pub close_after_write: bool,
     /// The last time bytes moved either way (the idle clock; the oldest is evicted first).
     pub active_at: Instant,
+    /// Served: the order of its accept, to tell apart connections of equal `active_at`.
+    pub order: u64,
     /// Served: when the first byte of the request being read arrived.
     pub request_started: Option<Instant>,
     /// The last time a write made progress, or queued bytes on an empty buffer.
@@ -85,6 +87,7 @@ impl Conn {
             expiry,
             close_after_write: false,
             active_at: now,
+            order: 0,
             request_started: None,
             write_progress: now,
         }

@@ -52,6 +52,8 @@ pub struct Driver {
     drops: ReceiveDrops,
     whoami: WhoAmI,
     stats: RuntimeStats,
+    /// Connections accepted so far (orders the idle ones of equal age for eviction).
+    accepted: u64,
     last_now: Instant,
     buf: Vec<u8>,
 }
@@ -84,6 +86,7 @@ impl Driver {
             drops: p.drops,
             whoami: p.whoami,
             stats: RuntimeStats::default(),
+            accepted: 0,
             last_now: now,
             buf: vec![0; 65_536],
             node: p.node,
@@ -370,8 +373,14 @@ impl Driver {
                     };
                     if self.register_conn(slot, &mut stream).is_ok() {
                         let deadline = now + self.idle_timeout;
-                        self.conns[slot] = Some(Conn::new(stream, Role::Serve, now, deadline));
+                        let mut conn = Conn::new(stream, Role::Serve, now, deadline);
+                        self.accepted += 1;
+                        conn.order = self.accepted;
+                        self.conns[slot] = Some(conn);
                         self.stats.served_opened();
+                        // A request already here makes the connection busy before more
+                        // accepts of this batch look for an idle one to evict.
+                        self.drive(slot, now);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -398,7 +407,7 @@ impl Driver {
             .filter_map(|(slot, c)| {
                 c.as_ref()
                     .filter(|c| c.serving_idle())
-                    .map(|c| (c.active_at, slot))
+                    .map(|c| ((c.active_at, c.order), slot))
             })
             .min()?
             .1;

@@ -82,7 +82,8 @@ impl Shared {
     /// Admits a new served connection: below the limit at once; at the limit in place of the
     /// served connection idle the longest, which is told to close (evicted); `None` when
     /// every served connection is busy. The receiver ends when this connection is evicted.
-    fn admit(self: &Arc<Self>, now: Instant) -> Option<(ServedSlot, Receiver<()>)> {
+    /// `busy`: a request has begun arriving on it already.
+    fn admit(self: &Arc<Self>, now: Instant, busy: bool) -> Option<(ServedSlot, Receiver<()>)> {
         let mut table = self.served();
         if table.open.len() >= self.max_served {
             let oldest = table
@@ -103,7 +104,7 @@ impl Shared {
         table.open.insert(
             id,
             ServedEntry {
-                idle_since: Some(now),
+                idle_since: (!busy).then_some(now),
                 _evict: evict,
             },
         );
@@ -207,11 +208,17 @@ pub(crate) async fn accept(
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let Some((slot, evicted)) = shared.admit(Instant::now()) else {
+                    // A request already here makes the connection busy before the next
+                    // accept looks for an idle one to evict.
+                    let Some(inbuf) = read_ready(&stream) else {
+                        continue; // closed by the peer already
+                    };
+                    let now = Instant::now();
+                    let Some((slot, evicted)) = shared.admit(now, !inbuf.is_empty()) else {
                         shared.stats().connections_refused += 1;
                         continue;
                     };
-                    let conn = serve_conn(stream, slot, shared.clone(), to_driver.clone());
+                    let conn = serve_conn(stream, inbuf, slot, shared.clone(), to_driver.clone());
                     // Eviction ends the task (and closes the stream) wherever it waits.
                     let conn = future::or(conn, async move {
                         let _ = evicted.recv().await;
@@ -229,12 +236,25 @@ pub(crate) async fn accept(
     until_stopped(stopped.clone(), serving).await;
 }
 
+/// The bytes that arrived on a newly accepted connection, without waiting; `None` if the
+/// peer closed it already.
+fn read_ready(stream: &Async<TcpStream>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    match std::io::Read::read(&mut stream.get_ref(), &mut chunk) {
+        Ok(0) => None,
+        Ok(n) => Some(chunk[..n].to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(Vec::new()),
+        Err(_) => None,
+    }
+}
+
 /// Serves requests on one connection, one at a time, until it closes, idles past the idle
 /// timeout, takes longer than the request read timeout to send a request (counted from its
 /// first byte: more bytes do not extend it), stalls a write for the idle timeout, asks to
 /// close, or sends something that cannot be framed.
 async fn serve_conn(
     mut stream: Async<TcpStream>,
+    mut inbuf: Vec<u8>,
     slot: ServedSlot,
     shared: Arc<Shared>,
     to_driver: Sender<Msg>,
@@ -242,11 +262,11 @@ async fn serve_conn(
     let limits = serve::serve_limits(&shared.limits, shared.max_request_body);
     let cap = serve::buffer_limit(&limits);
     let idle = shared.idle_timeout;
-    let mut inbuf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     // When the first byte of the request being read arrived; `None` between requests.
-    let mut started: Option<Instant> = None;
-    let mut buffered_peak = 0;
+    let mut started = (!inbuf.is_empty()).then(Instant::now);
+    let mut buffered_peak = inbuf.len();
+    shared.stats().served_buffered(buffered_peak);
     loop {
         while let Some(served) = serve::next_request(&mut inbuf, &limits) {
             let answer = match served {
