@@ -39,10 +39,25 @@ pub struct RuntimeConfig {
     pub http: SocketAddr,
     /// The protocol core's configuration.
     pub core: Config,
-    /// Most HTTP connections open at once, served and requested together; more are refused.
-    pub max_connections: usize,
-    /// An HTTP connection idle (or a request unanswered) this long is closed.
+    /// Most connections served at once (accepted from peers). Default 256. At the limit a new
+    /// connection takes the place of the served connection idle the longest (no request partly
+    /// read, nothing being written), so peers holding idle connections cannot lock out the
+    /// members' requests; it is refused only when every served connection is busy.
+    pub max_served_connections: usize,
+    /// Most connections this member opens for its own requests (recoveries, probes, the join's
+    /// state dump, sessions), idle pooled ones included. Default 256. Counted apart from served
+    /// connections, so whatever peers open cannot starve the member's own requests; at the
+    /// limit an idle pooled connection is closed to make room, else the request fails at once.
+    pub max_outgoing_connections: usize,
+    /// How long an HTTP connection may wait with nothing to do: a served connection between
+    /// requests, a pooled connection between our requests, and a write that makes no progress.
+    /// Default 30 s (keep-alive across a few heartbeats, and a stalled reader is let go).
     pub idle_timeout: Duration,
+    /// A served request must arrive completely within this time of its first byte, or the
+    /// connection is closed (counted in `RuntimeStats::slow_requests`). Default 10 s: the
+    /// protocol's requests are small and sent at once, so only a broken or hostile client
+    /// (one dripping a byte at a time) needs longer, and it must not hold a connection.
+    pub request_read_timeout: Duration,
     /// For demos and tests only: the share of received group datagrams dropped on purpose
     /// before the core sees them, to show loss and recovery on a network that loses nothing.
     pub receive_drop_rate: f64,
@@ -70,8 +85,10 @@ impl RuntimeConfig {
             ttl: 1,
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             core: Config::default(),
-            max_connections: 256,
+            max_served_connections: 256,
+            max_outgoing_connections: 256,
             idle_timeout: Duration::from_secs(30),
+            request_read_timeout: Duration::from_secs(10),
             receive_drop_rate: 0.0,
             seed: None,
             allow_unauthenticated: false,
@@ -93,11 +110,17 @@ impl RuntimeConfig {
         if self.ttl == 0 || self.ttl > 255 {
             return bad("ttl", format!("{} is not within 1..=255", self.ttl));
         }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1".into());
+        if self.max_served_connections == 0 {
+            return bad("max_served_connections", "must be at least 1".into());
+        }
+        if self.max_outgoing_connections == 0 {
+            return bad("max_outgoing_connections", "must be at least 1".into());
         }
         if self.idle_timeout.is_zero() {
             return bad("idle_timeout", "must be positive".into());
+        }
+        if self.request_read_timeout.is_zero() {
+            return bad("request_read_timeout", "must be positive".into());
         }
         let leaves_host = !self.interface.is_loopback() || !self.http.ip().is_loopback();
         if leaves_host && self.core.auth.is_none() && !self.allow_unauthenticated {
@@ -143,5 +166,26 @@ mod tests {
         let key = ClusterKey::new(vec![1; 16]).expect("key");
         lan.core.auth = Some(AuthConfig::new(Keyring::single(key)));
         assert!(lan.validate().is_ok());
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_must_be_positive() {
+        assert!(RuntimeConfig::new("c", "n").validate().is_ok());
+        let refused = |f: fn(&mut RuntimeConfig), field: &str| {
+            let mut c = RuntimeConfig::new("c", "n");
+            f(&mut c);
+            let e = c.validate().expect_err("refused");
+            assert!(e.to_string().contains(field), "{e}");
+        };
+        refused(|c| c.max_served_connections = 0, "max_served_connections");
+        refused(
+            |c| c.max_outgoing_connections = 0,
+            "max_outgoing_connections",
+        );
+        refused(|c| c.idle_timeout = Duration::ZERO, "idle_timeout");
+        refused(
+            |c| c.request_read_timeout = Duration::ZERO,
+            "request_read_timeout",
+        );
     }
 }

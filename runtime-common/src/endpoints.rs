@@ -226,8 +226,45 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     );
     counter(
         "connections_timed_out_total",
-        "HTTP connections closed idle or late.",
+        "HTTP connections closed idle, stalled or late.",
         d.connections_timed_out,
+    );
+    counter(
+        "slow_requests_total",
+        "Served connections closed for a request not read in full in time.",
+        d.slow_requests,
+    );
+    counter(
+        "connections_evicted_total",
+        "Idle served connections closed to make room for a new one.",
+        d.connections_evicted,
+    );
+    let mut gauge = |name: &str, help: &str, by_role: [u64; 2]| {
+        let _ = writeln!(o, "# HELP hybridcast_{name} {help}");
+        let _ = writeln!(o, "# TYPE hybridcast_{name} gauge");
+        for (role, v) in ["served", "outgoing"].iter().zip(by_role) {
+            let _ = writeln!(o, "hybridcast_{name}{{role=\"{role}\"}} {v}");
+        }
+    };
+    gauge(
+        "connections_open",
+        "HTTP connections open, by role.",
+        [d.served_connections, d.outgoing_connections],
+    );
+    gauge(
+        "connections_open_peak",
+        "Most HTTP connections open at once, by role.",
+        [d.served_connections_peak, d.outgoing_connections_peak],
+    );
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_served_buffer_peak_bytes Most bytes one served connection held buffered."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_served_buffer_peak_bytes gauge");
+    let _ = writeln!(
+        o,
+        "hybridcast_served_buffer_peak_bytes {}",
+        d.served_buffer_peak
     );
     let dr = &s.drops;
     let _ = writeln!(

@@ -74,10 +74,61 @@ pub struct RuntimeStats {
     pub injected_drops: u64,
     /// Group datagrams dropped because the socket stayed full.
     pub send_drops: u64,
-    /// HTTP connections refused or requests failed at the connection limit.
+    /// Served connections refused at `max_served_connections` with none idle to close, and
+    /// requests failed at `max_outgoing_connections` with no idle pooled connection to close.
     pub connections_refused: u64,
-    /// HTTP connections closed for idling, or requests given up, at their deadline.
+    /// HTTP connections closed for idling, for a write that made no progress, or for a
+    /// request of ours unanswered, at their deadline.
     pub connections_timed_out: u64,
+    /// Served connections closed because a request did not arrive in full within
+    /// `request_read_timeout` of its first byte (a slow or dripping client).
+    pub slow_requests: u64,
+    /// Idle served connections closed to make room for a new one at `max_served_connections`.
+    pub connections_evicted: u64,
+    /// Served connections open now (a gauge, at most `max_served_connections`).
+    pub served_connections: u64,
+    /// The most served connections ever open at once.
+    pub served_connections_peak: u64,
+    /// Connections of our own requests open now, pooled ones included (a gauge, at most
+    /// `max_outgoing_connections`).
+    pub outgoing_connections: u64,
+    /// The most outgoing connections ever open at once.
+    pub outgoing_connections_peak: u64,
+    /// The most bytes one served connection ever held buffered (never above
+    /// [`serve::buffer_limit`] of the served limits).
+    pub served_buffer_peak: u64,
+}
+
+impl RuntimeStats {
+    /// Counts a served connection opened.
+    pub fn served_opened(&mut self) {
+        self.served_connections += 1;
+        self.served_connections_peak = self.served_connections_peak.max(self.served_connections);
+    }
+
+    /// Counts a served connection closed.
+    pub fn served_closed(&mut self) {
+        self.served_connections = self.served_connections.saturating_sub(1);
+    }
+
+    /// Counts an outgoing connection opened.
+    pub fn outgoing_opened(&mut self) {
+        self.outgoing_connections += 1;
+        self.outgoing_connections_peak = self
+            .outgoing_connections_peak
+            .max(self.outgoing_connections);
+    }
+
+    /// Counts an outgoing connection closed.
+    pub fn outgoing_closed(&mut self) {
+        self.outgoing_connections = self.outgoing_connections.saturating_sub(1);
+    }
+
+    /// Notes that a served connection holds `bytes` buffered.
+    pub fn served_buffered(&mut self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.served_buffer_peak = self.served_buffer_peak.max(bytes);
+    }
 }
 
 /// A member ready to be driven: its sockets (non-blocking, not yet registered with any

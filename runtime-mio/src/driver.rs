@@ -1,7 +1,7 @@
 //! The embeddable driver: a core [`Node`] on a multicast UDP socket and an HTTP listener,
 //! driven by the owner's mio loop.
 
-use crate::conn::{Conn, ReadEnd, Role};
+use crate::conn::{Conn, Expiry, ReadEnd, Role};
 use bytes::Bytes;
 use hybridcast_core::http::{self, HttpLimits};
 use hybridcast_core::{
@@ -44,11 +44,16 @@ pub struct Driver {
     /// Commands were issued since the last pump: their datagrams go out at the next call.
     dirty: bool,
     limits: HttpLimits,
+    max_served: usize,
+    max_outgoing: usize,
     idle_timeout: Duration,
+    request_read_timeout: Duration,
     request_timeout: Duration,
     drops: ReceiveDrops,
     whoami: WhoAmI,
     stats: RuntimeStats,
+    /// Connections accepted so far (orders the idle ones of equal age for eviction).
+    accepted: u64,
     last_now: Instant,
     buf: Vec<u8>,
 }
@@ -64,18 +69,24 @@ impl Driver {
             listener: TcpListener::from_std(p.listener),
             registry: None,
             base: 0,
-            conns: (0..p.config.max_connections).map(|_| None).collect(),
+            conns: (0..p.config.max_served_connections + p.config.max_outgoing_connections)
+                .map(|_| None)
+                .collect(),
             idle: BTreeMap::new(),
             sends: SendQueue::default(),
             more_udp: false,
             more_accept: false,
             dirty: false,
             limits: p.config.core.http,
+            max_served: p.config.max_served_connections,
+            max_outgoing: p.config.max_outgoing_connections,
             idle_timeout: p.config.idle_timeout,
+            request_read_timeout: p.config.request_read_timeout,
             request_timeout: p.config.core.request_timeout,
             drops: p.drops,
             whoami: p.whoami,
             stats: RuntimeStats::default(),
+            accepted: 0,
             last_now: now,
             buf: vec![0; 65_536],
             node: p.node,
@@ -272,8 +283,11 @@ impl Driver {
         self.node.handle_timeout(now);
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| c.deadline <= now) {
-                self.stats.connections_timed_out += 1;
                 if let Some(conn) = self.conns[slot].take() {
+                    match conn.expiry {
+                        Expiry::SlowRequest => self.stats.slow_requests += 1,
+                        _ => self.stats.connections_timed_out += 1,
+                    }
                     self.finish(slot, conn, now, Some(RequestFailure::Timeout));
                 }
             }
@@ -353,13 +367,20 @@ impl Driver {
         for _ in 0..BATCH {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
-                    let Some(slot) = self.free_slot() else {
+                    let Some(slot) = self.room_to_serve() else {
                         self.stats.connections_refused += 1;
                         continue; // dropped: closed at once
                     };
                     if self.register_conn(slot, &mut stream).is_ok() {
                         let deadline = now + self.idle_timeout;
-                        self.conns[slot] = Some(Conn::new(stream, Role::Serve, deadline));
+                        let mut conn = Conn::new(stream, Role::Serve, now, deadline);
+                        self.accepted += 1;
+                        conn.order = self.accepted;
+                        self.conns[slot] = Some(conn);
+                        self.stats.served_opened();
+                        // A request already here makes the connection busy before more
+                        // accepts of this batch look for an idle one to evict.
+                        self.drive(slot, now);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -371,6 +392,48 @@ impl Driver {
             }
         }
         self.more_accept = true;
+    }
+
+    /// A free slot for a new served connection: below the served limit any free one, at the
+    /// limit the slot of the served connection idle the longest, closed (evicted) for it.
+    fn room_to_serve(&mut self) -> Option<usize> {
+        if self.stats.served_connections < self.max_served as u64 {
+            return self.free_slot();
+        }
+        let oldest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                c.as_ref()
+                    .filter(|c| c.serving_idle())
+                    .map(|c| ((c.active_at, c.order), slot))
+            })
+            .min()?
+            .1;
+        let conn = self.conns[oldest].take()?;
+        self.stats.connections_evicted += 1;
+        self.close(conn);
+        Some(oldest)
+    }
+
+    /// A free slot for a new outgoing connection: below the outgoing limit any free one, at
+    /// the limit the slot of the pooled connection idle the longest, closed for it.
+    fn room_to_ask(&mut self, now: Instant) -> Option<usize> {
+        if self.stats.outgoing_connections < self.max_outgoing as u64 {
+            return self.free_slot();
+        }
+        let conns = &self.conns;
+        let oldest = self
+            .idle
+            .values()
+            .flatten()
+            .filter_map(|&slot| conns[slot].as_ref().map(|c| (c.active_at, slot)))
+            .min()?
+            .1;
+        let conn = self.conns[oldest].take()?;
+        self.finish(oldest, conn, now, None);
+        Some(oldest)
     }
 
     /// Starts request `id` to `to`, on a pooled connection when `pooled` allows one.
@@ -390,13 +453,14 @@ impl Driver {
                     reused: true,
                 };
                 conn.deadline = deadline;
-                conn.queue(&request);
+                conn.expiry = Expiry::Unanswered;
+                conn.queue(&request, now);
                 self.conns[slot] = Some(conn);
                 self.drive(slot, now);
                 return;
             }
         }
-        let Some(slot) = self.free_slot() else {
+        let Some(slot) = self.room_to_ask(now) else {
             self.stats.connections_refused += 1;
             let failure = RequestFailure::Connect("connection limit reached".into());
             self.node.handle_http_response(now, id, Err(failure));
@@ -414,9 +478,10 @@ impl Driver {
                     request: request.clone(),
                     reused: false,
                 };
-                let mut conn = Conn::new(stream, role, deadline);
-                conn.queue(&request);
+                let mut conn = Conn::new(stream, role, now, deadline);
+                conn.queue(&request, now);
                 self.conns[slot] = Some(conn);
+                self.stats.outgoing_opened();
             }
             Err(e) => {
                 let failure = RequestFailure::Connect(e.to_string());
@@ -447,10 +512,19 @@ impl Driver {
 
     /// Serves requests on an accepted connection, one at a time: the next is parsed once the
     /// last answer is written.
+    ///
+    /// The deadline follows what the connection is doing: a request partly read must be
+    /// complete within the request read timeout of its first byte (more bytes do not extend
+    /// it), an answer being written must make progress within the idle timeout, and only a
+    /// connection with neither waits the idle timeout for its next request.
     fn serve(&mut self, conn: &mut Conn, now: Instant) -> Result<Next, RequestFailure> {
         let limits = serve::serve_limits(&self.limits, self.node.config().max_request_body());
         let io = |e: io::Error| RequestFailure::Io(e.to_string());
-        let end = conn.read(serve::buffer_limit(&limits)).map_err(io)?;
+        let end = conn.read(serve::buffer_limit(&limits), now).map_err(io)?;
+        self.stats.served_buffered(conn.inbuf.len());
+        if !conn.inbuf.is_empty() && conn.request_started.is_none() {
+            conn.request_started = Some(now);
+        }
         while conn.flushed() && !conn.close_after_write {
             let (node, whoami, stats) = (&mut self.node, &self.whoami, &self.stats);
             let answered = serve::next_answer(&mut conn.inbuf, &limits, |req| {
@@ -459,13 +533,24 @@ impl Driver {
             let Some(a) = answered else {
                 break;
             };
-            conn.queue(&a.bytes);
+            // Bytes left over begin the next request: its clock starts now.
+            conn.request_started = (!conn.inbuf.is_empty()).then_some(now);
+            conn.queue(&a.bytes, now);
             conn.close_after_write = a.close;
             // Nothing else is produced until the owner's next call: send it now.
-            conn.write().map_err(io)?;
+            conn.write(now).map_err(io)?;
         }
-        conn.write().map_err(io)?;
-        conn.deadline = now + self.idle_timeout;
+        conn.write(now).map_err(io)?;
+        (conn.deadline, conn.expiry) = if !conn.flushed() {
+            (
+                conn.write_progress + self.idle_timeout,
+                Expiry::StalledWrite,
+            )
+        } else if let Some(started) = conn.request_started {
+            (started + self.request_read_timeout, Expiry::SlowRequest)
+        } else {
+            (conn.active_at + self.idle_timeout, Expiry::Idle)
+        };
         let done = conn.flushed() && (conn.close_after_write || end == ReadEnd::Closed);
         Ok(if done { Next::Close } else { Next::Keep })
     }
@@ -482,11 +567,11 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Next::Keep),
                 Err(e) => return Err(RequestFailure::Connect(e.to_string())),
             }
-            conn.write()
+            conn.write(now)
                 .map_err(|e| RequestFailure::Io(e.to_string()))?;
         }
         let end = conn
-            .read(serve::buffer_limit(&self.limits))
+            .read(serve::buffer_limit(&self.limits), now)
             .map_err(|e| RequestFailure::Io(e.to_string()))?;
         if !asking {
             // Pooled and idle: anything arriving (or a close) ends it.
@@ -508,6 +593,8 @@ impl Driver {
                     }
                 }
                 conn.deadline = now + self.idle_timeout;
+                conn.expiry = Expiry::Idle;
+                conn.active_at = now;
                 Ok(next)
             }
             Ok(None) if end == ReadEnd::Closed => Err(RequestFailure::Io(
@@ -556,6 +643,10 @@ impl Driver {
     }
 
     fn close(&mut self, mut conn: Conn) {
+        match conn.role {
+            Role::Serve => self.stats.served_closed(),
+            Role::Ask { .. } => self.stats.outgoing_closed(),
+        }
         if let Some(r) = &self.registry {
             let _ = r.deregister(&mut conn.stream);
         }

@@ -115,17 +115,18 @@ fn whoami_and_metrics_are_served() {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
+fn idle_connections_beyond_the_limit_evict_the_oldest_and_the_rest_close_when_idle() {
     use std::io::Read;
     let mut c = RuntimeConfig::new("spawn-test", "limited");
     c.group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 3), 47_303);
-    c.max_connections = 4;
+    c.max_served_connections = 4;
     c.idle_timeout = Duration::from_millis(300);
     let h = spawn(c).expect("spawn");
     let mut conns: Vec<std::net::TcpStream> = (0..10)
         .map(|_| std::net::TcpStream::connect(h.http_addr()).expect("connect"))
         .collect();
-    // Every connection ends: the extra ones at once, the others when idle too long.
+    // Every connection ends: the oldest when newer ones need their place, the others when
+    // idle too long.
     for s in &mut conns {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -133,10 +134,13 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
         assert_eq!(s.read(&mut b).expect("closed, not timed out"), 0);
     }
     let (_, d) = h.stats().expect("running");
-    // Each was either refused at the limit or closed idle; with ten opened back to back
-    // against four slots, some were refused.
-    assert_eq!(d.connections_refused + d.connections_timed_out, 10, "{d:?}");
-    assert!(d.connections_refused > 0, "{d:?}");
+    // Each was either evicted for a newer one or closed idle; none was refused, as the
+    // connections in place were all idle.
+    assert_eq!(d.connections_evicted + d.connections_timed_out, 10, "{d:?}");
+    assert!(d.connections_evicted > 0, "{d:?}");
+    assert_eq!(d.connections_refused, 0, "{d:?}");
+    assert!(d.served_connections_peak <= 4, "{d:?}");
+    assert_eq!(d.served_connections, 0, "{d:?}");
 }
 
 #[test]

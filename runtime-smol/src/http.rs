@@ -11,7 +11,6 @@ use hybridcast_runtime::serve::{self, Answer, Served};
 use hybridcast_runtime::{RuntimeConfig, RuntimeStats};
 use smol::Async;
 use smol::channel::{self, Receiver, Sender};
-use smol::lock::{Semaphore, SemaphoreGuardArc};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,24 +27,32 @@ pub(crate) enum Msg {
 
 /// What the driver and its connection tasks share.
 pub(crate) struct Shared {
-    /// One permit per open connection, served and requested together.
-    permits: Arc<Semaphore>,
+    /// The served connections open, for the limit and for eviction.
+    served: Mutex<ServedTable>,
+    /// Counters, and the gauges of open connections (the outgoing gauge is the count that
+    /// [`Shared::try_outgoing`] holds to `max_outgoing`).
     stats: Mutex<RuntimeStats>,
     limits: HttpLimits,
     /// Largest request body served (`Config::max_request_body`).
     max_request_body: usize,
+    max_served: usize,
+    max_outgoing: usize,
     idle_timeout: Duration,
+    request_read_timeout: Duration,
     request_timeout: Duration,
 }
 
 impl Shared {
     pub fn new(cfg: &RuntimeConfig) -> Shared {
         Shared {
-            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            served: Mutex::new(ServedTable::default()),
             stats: Mutex::new(RuntimeStats::default()),
             limits: cfg.core.http,
             max_request_body: cfg.core.max_request_body(),
+            max_served: cfg.max_served_connections,
+            max_outgoing: cfg.max_outgoing_connections,
             idle_timeout: cfg.idle_timeout,
+            request_read_timeout: cfg.request_read_timeout,
             request_timeout: cfg.core.request_timeout,
         }
     }
@@ -54,12 +61,126 @@ impl Shared {
     pub fn stats(&self) -> MutexGuard<'_, RuntimeStats> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn served(&self) -> MutexGuard<'_, ServedTable> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Room for one more outgoing connection, held until the slot is dropped; `None` at the
+    /// outgoing limit.
+    fn try_outgoing(self: &Arc<Self>) -> Option<OutgoingSlot> {
+        let mut stats = self.stats();
+        if stats.outgoing_connections >= self.max_outgoing as u64 {
+            return None;
+        }
+        stats.outgoing_opened();
+        Some(OutgoingSlot {
+            shared: self.clone(),
+        })
+    }
+
+    /// Admits a new served connection: below the limit at once; at the limit in place of the
+    /// served connection idle the longest, which is told to close (evicted); `None` when
+    /// every served connection is busy. The receiver ends when this connection is evicted.
+    /// `busy`: a request has begun arriving on it already.
+    fn admit(self: &Arc<Self>, now: Instant, busy: bool) -> Option<(ServedSlot, Receiver<()>)> {
+        let mut table = self.served();
+        if table.open.len() >= self.max_served {
+            let oldest = table
+                .open
+                .iter()
+                .filter_map(|(&id, c)| c.idle_since.map(|t| (t, id)))
+                .min()?
+                .1;
+            // Dropping its sender ends the evicted task's wait.
+            table.open.remove(&oldest);
+            let mut stats = self.stats();
+            stats.connections_evicted += 1;
+            stats.served_closed();
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let (evict, evicted) = channel::bounded(1);
+        table.open.insert(
+            id,
+            ServedEntry {
+                idle_since: (!busy).then_some(now),
+                _evict: evict,
+            },
+        );
+        self.stats().served_opened();
+        let slot = ServedSlot {
+            id,
+            shared: self.clone(),
+        };
+        Some((slot, evicted))
+    }
+}
+
+/// The served connections open, by id.
+#[derive(Default)]
+struct ServedTable {
+    next_id: u64,
+    open: HashMap<u64, ServedEntry>,
+}
+
+struct ServedEntry {
+    /// Since when it has had nothing under way (no request partly read, nothing being
+    /// written); `None` while busy. Only idle connections are evicted.
+    idle_since: Option<Instant>,
+    /// Dropped to evict the connection.
+    _evict: Sender<()>,
+}
+
+/// A served connection's place in the [`ServedTable`], given back when dropped.
+struct ServedSlot {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl ServedSlot {
+    /// Marks the connection idle since `now` (`Some`) or busy (`None`).
+    fn set_idle(&self, since: Option<Instant>) {
+        if let Some(entry) = self.shared.served().open.get_mut(&self.id) {
+            entry.idle_since = since;
+        }
+    }
+}
+
+impl Drop for ServedSlot {
+    fn drop(&mut self) {
+        let mut table = self.shared.served();
+        // An evicted connection was already taken out (and counted) when it was evicted.
+        if table.open.remove(&self.id).is_some() {
+            self.shared.stats().served_closed();
+        }
+    }
+}
+
+/// Room held for one outgoing connection, given back when dropped.
+pub(crate) struct OutgoingSlot {
+    shared: Arc<Shared>,
+}
+
+impl Drop for OutgoingSlot {
+    fn drop(&mut self) {
+        self.shared.stats().outgoing_closed();
+    }
 }
 
 /// `f`, or `None` once `d` passes.
 async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(f.await) }, async {
         async_io::Timer::after(d).await;
+        None
+    })
+    .await
+}
+
+/// `f`, or `None` once `deadline` passes.
+async fn before<T>(deadline: Instant, f: impl Future<Output = T>) -> Option<T> {
+    future::or(async { Some(f.await) }, async {
+        async_io::Timer::at(deadline).await;
         None
     })
     .await
@@ -75,7 +196,8 @@ async fn until_stopped(stopped: Receiver<()>, f: impl Future<Output = ()>) {
 
 // ----- the server -----
 
-/// Accepts connections until the driver stops; one beyond the limit is closed at once.
+/// Accepts connections until the driver stops. At the served limit a new connection takes
+/// the place of the one idle the longest; with none idle it is closed at once.
 pub(crate) async fn accept(
     listener: Async<TcpListener>,
     shared: Arc<Shared>,
@@ -86,11 +208,21 @@ pub(crate) async fn accept(
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let Some(permit) = shared.permits.try_acquire_arc() else {
+                    // A request already here makes the connection busy before the next
+                    // accept looks for an idle one to evict.
+                    let Some(inbuf) = read_ready(&stream) else {
+                        continue; // closed by the peer already
+                    };
+                    let now = Instant::now();
+                    let Some((slot, evicted)) = shared.admit(now, !inbuf.is_empty()) else {
                         shared.stats().connections_refused += 1;
                         continue;
                     };
-                    let conn = serve_conn(stream, permit, shared.clone(), to_driver.clone());
+                    let conn = serve_conn(stream, inbuf, slot, shared.clone(), to_driver.clone());
+                    // Eviction ends the task (and closes the stream) wherever it waits.
+                    let conn = future::or(conn, async move {
+                        let _ = evicted.recv().await;
+                    });
                     smol::spawn(until_stopped(stopped.clone(), conn)).detach();
                 }
                 Err(e) => {
@@ -104,19 +236,37 @@ pub(crate) async fn accept(
     until_stopped(stopped.clone(), serving).await;
 }
 
+/// The bytes that arrived on a newly accepted connection, without waiting; `None` if the
+/// peer closed it already.
+fn read_ready(stream: &Async<TcpStream>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    match std::io::Read::read(&mut stream.get_ref(), &mut chunk) {
+        Ok(0) => None,
+        Ok(n) => Some(chunk[..n].to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(Vec::new()),
+        Err(_) => None,
+    }
+}
+
 /// Serves requests on one connection, one at a time, until it closes, idles past the idle
-/// timeout, asks to close, or sends something that cannot be framed.
+/// timeout, takes longer than the request read timeout to send a request (counted from its
+/// first byte: more bytes do not extend it), stalls a write for the idle timeout, asks to
+/// close, or sends something that cannot be framed.
 async fn serve_conn(
     mut stream: Async<TcpStream>,
-    _permit: SemaphoreGuardArc,
+    mut inbuf: Vec<u8>,
+    slot: ServedSlot,
     shared: Arc<Shared>,
     to_driver: Sender<Msg>,
 ) {
     let limits = serve::serve_limits(&shared.limits, shared.max_request_body);
     let cap = serve::buffer_limit(&limits);
     let idle = shared.idle_timeout;
-    let mut inbuf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
+    // When the first byte of the request being read arrived; `None` between requests.
+    let mut started = (!inbuf.is_empty()).then(Instant::now);
+    let mut buffered_peak = inbuf.len();
+    shared.stats().served_buffered(buffered_peak);
     loop {
         while let Some(served) = serve::next_request(&mut inbuf, &limits) {
             let answer = match served {
@@ -143,21 +293,55 @@ async fn serve_conn(
             if answer.close {
                 return;
             }
+            // Bytes left over begin the next request: its clock starts now.
+            started = (!inbuf.is_empty()).then(Instant::now);
+        }
+        if started.is_none() {
+            slot.set_idle(Some(Instant::now()));
         }
         // A full buffer always frames (as a request or a refusal): room is never 0 here.
         let room = cap.saturating_sub(inbuf.len()).min(chunk.len());
         if room == 0 {
             return;
         }
-        match within(idle, stream.read(&mut chunk[..room])).await {
-            Some(Ok(0)) | Some(Err(_)) => return,
-            Some(Ok(n)) => inbuf.extend_from_slice(&chunk[..n]),
-            None => {
+        let read = stream.read(&mut chunk[..room]);
+        let read = match started {
+            None => within(idle, read).await.ok_or(Expiry::Idle),
+            Some(t) => before(t + shared.request_read_timeout, read)
+                .await
+                .ok_or(Expiry::SlowRequest),
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                inbuf.extend_from_slice(&chunk[..n]);
+                if started.is_none() {
+                    started = Some(Instant::now());
+                    slot.set_idle(None);
+                }
+                if inbuf.len() > buffered_peak {
+                    buffered_peak = inbuf.len();
+                    shared.stats().served_buffered(buffered_peak);
+                }
+            }
+            Err(Expiry::Idle) => {
                 shared.stats().connections_timed_out += 1;
+                return;
+            }
+            Err(Expiry::SlowRequest) => {
+                shared.stats().slow_requests += 1;
                 return;
             }
         }
     }
+}
+
+/// Why a served connection's wait ended without bytes.
+enum Expiry {
+    /// No request began within the idle timeout.
+    Idle,
+    /// The request begun was not complete within the request read timeout.
+    SlowRequest,
 }
 
 /// Writes all of `bytes`, giving up (`None`) when no progress is made for `idle`: a slow
@@ -183,7 +367,7 @@ async fn write_within(
 /// An idle connection kept for the next request to the same address, until `expires`.
 struct Pooled {
     stream: Async<TcpStream>,
-    permit: SemaphoreGuardArc,
+    permit: OutgoingSlot,
     expires: Instant,
 }
 
@@ -209,10 +393,10 @@ pub(crate) struct Client {
     stopped: Receiver<()>,
 }
 
-/// A connection to ask on: taken from the pool, or a permit to open one.
+/// A connection to ask on: taken from the pool, or room to open one.
 enum Start {
     Pooled(Pooled),
-    Fresh(SemaphoreGuardArc),
+    Fresh(OutgoingSlot),
 }
 
 impl Client {
@@ -251,7 +435,8 @@ impl Client {
         }
     }
 
-    /// Starts request `id`; fails at once at the connection limit.
+    /// Starts request `id`. At the outgoing limit an idle pooled connection (to any peer) is
+    /// closed to make room; with none, the request fails at once.
     pub fn ask(
         &mut self,
         id: RequestId,
@@ -260,7 +445,10 @@ impl Client {
     ) -> Result<(), RequestFailure> {
         let start = match take_pooled(&self.pool, to) {
             Some(p) => Start::Pooled(p),
-            None => match self.shared.permits.try_acquire_arc() {
+            None => match self.shared.try_outgoing().or_else(|| {
+                drop(take_oldest_pooled(&self.pool)?);
+                self.shared.try_outgoing()
+            }) {
                 Some(permit) => Start::Fresh(permit),
                 None => {
                     self.shared.stats().connections_refused += 1;
@@ -298,6 +486,27 @@ fn take_pooled(pool: &Pool, to: SocketAddr) -> Option<Pooled> {
         }
     }
     None
+}
+
+/// Takes the pooled connection idle the longest, to whichever address.
+fn take_oldest_pooled(pool: &Pool) -> Option<Pooled> {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let (&to, i) = pool
+        .iter()
+        .flat_map(|(to, conns)| {
+            conns
+                .iter()
+                .enumerate()
+                .map(move |(i, p)| (p.expires, to, i))
+        })
+        .min()
+        .map(|(_, to, i)| (to, i))?;
+    let conns = pool.get_mut(&to)?;
+    let taken = conns.swap_remove(i);
+    if conns.is_empty() {
+        pool.remove(&to);
+    }
+    Some(taken)
 }
 
 /// Sends `request` and reads the answer; a pooled connection the peer had closed is replaced
@@ -339,7 +548,7 @@ fn park(
     pool: &Pool,
     to: SocketAddr,
     kept: Option<Async<TcpStream>>,
-    permit: SemaphoreGuardArc,
+    permit: OutgoingSlot,
     idle: Duration,
 ) {
     if let Some(stream) = kept {

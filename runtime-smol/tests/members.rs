@@ -268,10 +268,10 @@ fn whoami_metrics_and_cluster_are_served() {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
+fn idle_connections_beyond_the_limit_evict_the_oldest_and_the_rest_close_when_idle() {
     smol::block_on(async {
         let mut c = config(47_405, "limited");
-        c.max_connections = 4;
+        c.max_served_connections = 4;
         c.idle_timeout = Duration::from_millis(300);
         let n = Node::start(c).await.expect("start");
         let addr = n.http_addr();
@@ -280,7 +280,8 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
             let mut conns: Vec<std::net::TcpStream> = (0..10)
                 .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
                 .collect();
-            // Every connection ends: the extra ones at once, the others when idle too long.
+            // Every connection ends: the oldest when newer ones need their place, the
+            // others when idle too long.
             for s in &mut conns {
                 s.set_read_timeout(Some(Duration::from_secs(10)))
                     .expect("timeout");
@@ -289,9 +290,16 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
             }
         })
         .await;
+        // The last task may still be ending: its place is given back as it ends.
+        assert!(
+            eventually(|| async { n.stats().await.expect("running").1.served_connections == 0 })
+                .await
+        );
         let (_, d) = n.stats().await.expect("running");
-        assert_eq!(d.connections_refused + d.connections_timed_out, 10, "{d:?}");
-        assert!(d.connections_refused > 0, "{d:?}");
+        assert_eq!(d.connections_evicted + d.connections_timed_out, 10, "{d:?}");
+        assert!(d.connections_evicted > 0, "{d:?}");
+        assert_eq!(d.connections_refused, 0, "{d:?}");
+        assert!(d.served_connections_peak <= 4, "{d:?}");
         n.leave().await;
     });
 }
@@ -334,10 +342,11 @@ fn an_idle_pooled_connection_is_closed_and_frees_its_permit() {
         let port = 47_408;
         let a = member(port, "a").await;
         a.bind("svc-a", "1").await.expect("running").expect("bind");
-        // b may hold one connection: after its join request the connection it parked is
-        // closed when idle, so b can serve again.
+        // b may hold one connection of each kind: after its join request the connection it
+        // parked is closed when idle, giving back its place.
         let mut c = config(port, "b");
-        c.max_connections = 1;
+        c.max_served_connections = 1;
+        c.max_outgoing_connections = 1;
         c.idle_timeout = Duration::from_millis(500);
         let b = Node::start(c).await.expect("start");
         assert!(
@@ -355,6 +364,10 @@ fn an_idle_pooled_connection_is_closed_and_frees_its_permit() {
         let addr = b.http_addr();
         let (status, _) = smol::unblock(move || get(addr, "/hybridcast/v1/whoami")).await;
         assert_eq!(status, 200);
+        assert!(
+            eventually(|| async { b.stats().await.expect("running").1.outgoing_connections == 0 })
+                .await
+        );
         a.leave().await;
         b.leave().await;
     });
