@@ -375,10 +375,13 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
 
 /// A blocking `GET path` to the member serving HTTP at `addr` (`host:port`), for tools and
 /// tests: one connection, closed after the answer, which core's parser reads within its
-/// default limits; `timeout` bounds each read.
+/// default limits; `timeout` bounds the whole exchange, however slowly the server answers.
 pub fn get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
+    // One deadline for the whole exchange: a server trickling bytes cannot hold us longer.
+    let deadline = std::time::Instant::now() + timeout;
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut req = Request::get(path);
     req.headers.push(("connection".into(), "close".into()));
     stream.write_all(&req.encode(addr))?;
@@ -391,6 +394,14 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
             Ok(None) => {}
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no full answer within the timeout",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Err(io::Error::new(
@@ -399,5 +410,40 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn get_gives_up_on_a_server_that_trickles_its_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            // A valid start, then one byte every 50 ms: each read succeeds, the answer never
+            // completes.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n");
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_millis(50));
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let e = get(&addr, "/x", Duration::from_millis(300)).expect_err("gives up");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{e:?}"
+        );
+        let _ = server.join();
     }
 }

@@ -436,14 +436,21 @@ impl Driver {
         Some(oldest)
     }
 
+    /// Takes an idle pooled connection to `to`, dropping the address from the pool map once
+    /// it has none left.
+    fn take_idle(&mut self, to: SocketAddr) -> Option<usize> {
+        let slots = self.idle.get_mut(&to)?;
+        let slot = slots.pop();
+        if slots.is_empty() {
+            self.idle.remove(&to);
+        }
+        slot
+    }
+
     /// Starts request `id` to `to`, on a pooled connection when `pooled` allows one.
     fn ask(&mut self, now: Instant, id: RequestId, to: SocketAddr, request: Bytes, pooled: bool) {
         let deadline = now + self.request_timeout;
-        let reuse = if pooled {
-            self.idle.get_mut(&to).and_then(Vec::pop)
-        } else {
-            None
-        };
+        let reuse = if pooled { self.take_idle(to) } else { None };
         if let Some(slot) = reuse {
             if let Some(mut conn) = self.conns[slot].take() {
                 conn.role = Role::Ask {
@@ -628,6 +635,10 @@ impl Driver {
         };
         if let Some(v) = self.idle.get_mut(&target) {
             v.retain(|&s| s != slot);
+            if v.is_empty() {
+                // No address stays in the pool map without a connection.
+                self.idle.remove(&target);
+            }
         }
         self.close(conn);
         let Some(id) = id else {

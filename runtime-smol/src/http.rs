@@ -480,12 +480,18 @@ fn take_pooled(pool: &Pool, to: SocketAddr) -> Option<Pooled> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
     let conns = pool.get_mut(&to)?;
+    let mut found = None;
     while let Some(p) = conns.pop() {
         if p.expires > now && !p.spoiled() {
-            return Some(p);
+            found = Some(p);
+            break;
         }
     }
-    None
+    if conns.is_empty() {
+        // No address stays in the pool map without a connection.
+        pool.remove(&to);
+    }
+    found
 }
 
 /// Takes the pooled connection idle the longest, to whichever address.
