@@ -236,6 +236,7 @@ impl Node {
             max_messages: config.max_cached_messages_per_sender,
             max_message_size: config.max_message_size,
             max_fragments: config.max_fragments_per_message,
+            min_chunk: crate::channel::receiver::MIN_CHUNK,
             grace: config.reorder_grace,
             backoff_initial: config.recovery_backoff_initial,
             backoff_max: config.recovery_backoff_max,

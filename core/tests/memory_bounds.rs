@@ -1,0 +1,169 @@
+//! Counted cache sizes against the memory really held: hostile input fills receivers, the
+//! process's resident memory is read before and after, and the counted bytes must bound the
+//! growth within a small factor. The measurements run one after another in a single test, and
+//! everything measured is kept alive until the end so no scenario reuses another's memory.
+
+use bytes::Bytes;
+use hybridcast_core::Channel;
+use hybridcast_core::channel::receiver::{
+    Budget, FragmentOutcome, MIN_CHUNK, Receiver, ReceiverLimits,
+};
+use hybridcast_core::wire::Fragment;
+use std::time::{Duration, Instant};
+
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`, 4 KiB pages).
+fn resident() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+/// Allowance for measurement noise (allocator arenas, page granularity).
+const SLACK: usize = 2 << 20;
+
+fn limits(max_bytes: usize) -> ReceiverLimits {
+    ReceiverLimits {
+        max_bytes,
+        max_messages: 1024,
+        max_message_size: 16 << 20,
+        max_fragments: 65_536,
+        min_chunk: MIN_CHUNK,
+        grace: Duration::from_millis(50),
+        backoff_initial: Duration::from_millis(250),
+        backoff_max: Duration::from_secs(8),
+    }
+}
+
+static DATA: [u8; 4096] = [7; 4096];
+
+fn fragment(seq: u64, index: u32, count: u32, total_len: u32, len: usize) -> Fragment {
+    Fragment {
+        channel: Channel::Log,
+        seq,
+        index,
+        count,
+        total_len,
+        data: Bytes::from_static(&DATA[..len]),
+    }
+}
+
+/// Feeds `frags` to fresh receivers of `max_bytes` each, `per_receiver` fragments apiece; they
+/// stay behind (message 1 never comes). Returns the receivers (to keep them alive), the bytes
+/// they counted and the resident memory they added.
+fn hold(
+    max_bytes: usize,
+    per_receiver: usize,
+    frags: impl Iterator<Item = Fragment>,
+) -> (Vec<Receiver>, usize, usize) {
+    let t = Instant::now();
+    let l = limits(max_bytes);
+    let start = resident();
+    let mut receivers = Vec::new();
+    let mut counted = 0;
+    let mut frags = frags.peekable();
+    while frags.peek().is_some() {
+        let mut r = Receiver::new(Channel::Log);
+        let mut b = Budget::default();
+        let mut out = Vec::new();
+        r.on_last_seq(t, 0, &l);
+        for f in frags.by_ref().take(per_receiver) {
+            r.on_fragment(t, f, &mut b, &l, &mut out);
+        }
+        assert!(out.is_empty(), "nothing deliverable");
+        assert!(b.bytes <= max_bytes, "the cap holds");
+        counted += b.bytes;
+        receivers.push(r);
+    }
+    let grown = resident().saturating_sub(start);
+    (receivers, counted, grown)
+}
+
+/// Messages of `count` fragments of `chunk` bytes, too large for an eager buffer: every
+/// fragment but index 0, up to just under a quarter of each, so they stay separate copies.
+fn out_of_order(chunk: usize, count: u32) -> impl Iterator<Item = Fragment> {
+    let total = count * chunk as u32;
+    (2..=1025u64)
+        .flat_map(move |seq| (1..count / 4).map(move |i| fragment(seq, i, count, total, chunk)))
+}
+
+#[test]
+fn counted_cache_bytes_bound_resident_memory() {
+    if !std::path::Path::new("/proc/self/statm").exists() {
+        return;
+    }
+    let max_bytes = 8 << 20;
+    let mut kept = Vec::new();
+    let cases: Vec<(&str, usize, Box<dyn Iterator<Item = Fragment>>)> = vec![
+        // 2-byte fragments of 65 536-fragment messages (refused now: no sender splits so fine).
+        (
+            "2-byte out-of-order fragments",
+            usize::MAX,
+            Box::new(out_of_order(2, 65_536)),
+        ),
+        (
+            "smallest out-of-order fragments",
+            usize::MAX,
+            Box::new(out_of_order(MIN_CHUNK, 4096)),
+        ),
+        // First fragments of many large messages: one appended buffer each.
+        (
+            "first fragments",
+            usize::MAX,
+            Box::new(
+                (2..=1025u64).map(|seq| fragment(seq, 0, 4096, 4096 * MIN_CHUNK as u32, MIN_CHUNK)),
+            ),
+        ),
+        // Empty and 1-byte complete messages from 64 senders, 1024 each.
+        (
+            "empty messages",
+            1024,
+            Box::new((0..64).flat_map(|_| (2..=1025u64).map(|seq| fragment(seq, 0, 1, 0, 0)))),
+        ),
+        (
+            "1-byte messages",
+            1024,
+            Box::new((0..64).flat_map(|_| (2..=1025u64).map(|seq| fragment(seq, 0, 1, 1, 1)))),
+        ),
+    ];
+    for (what, per_receiver, frags) in cases {
+        let (receivers, counted, grown) = hold(max_bytes, per_receiver, frags);
+        println!("{what}: counted {counted} B, resident grew {grown} B");
+        assert!(
+            grown <= 2 * counted + SLACK,
+            "{what}: resident memory grew {grown} B, only {counted} B counted"
+        );
+        kept.push(receivers);
+    }
+}
+
+#[test]
+fn fragments_smaller_than_any_sender_makes_are_refused() {
+    let t = Instant::now();
+    let l = limits(1 << 20);
+    let mut r = Receiver::new(Channel::Log);
+    let mut b = Budget::default();
+    let mut out = Vec::new();
+    let small = (MIN_CHUNK - 1) as u32;
+    // Two fragments of MIN_CHUNK - 1 bytes: no sender's payload is that small.
+    let f = fragment(2, 0, 2, 2 * small, small as usize);
+    assert_eq!(
+        r.on_fragment(t, f, &mut b, &l, &mut out),
+        FragmentOutcome::Inconsistent
+    );
+    // The smallest split a sender makes: 176 bytes at a 175-byte payload, two fragments.
+    let f = fragment(2, 1, 2, 2 * MIN_CHUNK as u32 - 1, MIN_CHUNK - 1);
+    assert_eq!(
+        r.on_fragment(t, f, &mut b, &l, &mut out),
+        FragmentOutcome::Accepted
+    );
+    // A message in one fragment may be as small as it likes.
+    let f = fragment(3, 0, 1, 1, 1);
+    assert_eq!(
+        r.on_fragment(t, f, &mut b, &l, &mut out),
+        FragmentOutcome::Accepted
+    );
+}
