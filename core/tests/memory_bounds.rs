@@ -1,6 +1,6 @@
-//! Counted cache sizes against the memory really held: hostile input fills receivers, the
+//! Counted cache and session sizes against the memory really held: hostile input fills receivers, the
 //! process's resident memory is read before and after, and the counted bytes must bound the
-//! growth within a small factor. The measurements run one after another in a single test, and
+//! growth within a small factor. Measuring tests take a lock so they never run together, and
 //! everything measured is kept alive until the end so no scenario reuses another's memory.
 
 use bytes::Bytes;
@@ -21,6 +21,9 @@ fn resident() -> usize {
         .expect("resident pages");
     pages * 4096
 }
+
+/// Held by each test that measures resident memory, so no other one allocates meanwhile.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Allowance for measurement noise (allocator arenas, page granularity).
 const SLACK: usize = 2 << 20;
@@ -92,6 +95,7 @@ fn out_of_order(chunk: usize, count: u32) -> impl Iterator<Item = Fragment> {
 
 #[test]
 fn counted_cache_bytes_bound_resident_memory() {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     if !std::path::Path::new("/proc/self/statm").exists() {
         return;
     }
@@ -166,4 +170,42 @@ fn fragments_smaller_than_any_sender_makes_are_refused() {
         r.on_fragment(t, f, &mut b, &l, &mut out),
         FragmentOutcome::Accepted
     );
+}
+
+#[test]
+fn counted_session_bytes_bound_resident_memory() {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    use hybridcast_core::SessionState;
+    use hybridcast_core::session::{Change, Value};
+    if !std::path::Path::new("/proc/self/statm").exists() {
+        return;
+    }
+    let mut kept = Vec::new();
+    // Many states of one-entry pools, and many states of one pool of small entries.
+    for (what, pools, per_pool) in [("one-entry pools", 50, 1), ("one pool", 1, 400)] {
+        let start = resident();
+        let mut counted = 0;
+        let mut states = Vec::new();
+        for _ in 0..500 {
+            let mut s = SessionState::default();
+            for p in 0..pools {
+                for k in 0..per_pool {
+                    s.apply(Change::Put {
+                        pool: format!("p{p}"),
+                        key: format!("k{k}"),
+                        value: Value::raw(vec![1u8; 4]),
+                    });
+                }
+            }
+            counted += s.bytes();
+            states.push(s);
+        }
+        let grown = resident().saturating_sub(start);
+        println!("{what}: counted {counted} B, resident grew {grown} B");
+        assert!(
+            grown <= 2 * counted + SLACK,
+            "{what}: resident memory grew {grown} B, only {counted} B counted"
+        );
+        kept.push(states);
+    }
 }

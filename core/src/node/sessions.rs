@@ -1208,6 +1208,7 @@ impl Node {
                 version,
                 state,
             }) if state.bytes() <= self.config.max_session_bytes
+                && state.is_valid(self.config.max_name_len)
                 && valid_epoch(serve_epoch)
                 && version <= MAX_EPOCH
                 && self
@@ -1461,10 +1462,15 @@ impl Node {
             }
         }
         let max_bytes = self.config.max_session_bytes;
+        let max_name = self.config.max_name_len;
         match (self.sessions.replicas.get_mut(&id), r.payload) {
             (Some(copy), ReplicaPayload::Delta { base, changes })
                 if copy.rank() == incoming_rank && copy.version == base && r.version >= base =>
             {
+                if !changes.iter().all(|c| c.is_valid(max_name)) {
+                    self.sessions.replicas.remove(&id);
+                    return ReplicateReply::Refused;
+                }
                 let mut bytes = copy.state.bytes();
                 for c in &changes {
                     bytes = copy.state.bytes_after(bytes, c);
@@ -1503,6 +1509,7 @@ impl Node {
             }
             (existing, ReplicaPayload::Full(state)) => {
                 if state.bytes() > max_bytes
+                    || !state.is_valid(max_name)
                     || (existing.is_none() && self.sessions.held() >= self.config.max_sessions)
                 {
                     return ReplicateReply::Refused;
