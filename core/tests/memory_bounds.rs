@@ -209,3 +209,57 @@ fn counted_session_bytes_bound_resident_memory() {
         kept.push(states);
     }
 }
+
+/// Putting one key over and over without committing used to keep every change and every value
+/// it replaced; uncommitted changes are now kept per (pool, key).
+#[test]
+fn uncommitted_puts_of_one_key_do_not_accumulate() {
+    use hybridcast_core::session::Value;
+    use hybridcast_core::{Config, Identity, Node};
+    if !std::path::Path::new("/proc/self/statm").exists() {
+        return;
+    }
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Instant::now();
+    let addr = "127.0.0.1:7001".parse().expect("addr");
+    let mut n = Node::new(
+        Config::default(),
+        Identity::new("prod", "web/1", 1, addr),
+        t,
+        1,
+    )
+    .expect("node");
+    let id = n.session_create(t).expect("create").id;
+    let start = resident();
+    for i in 0..100_000u32 {
+        let value = Value::raw(vec![i as u8; 1024]);
+        n.session_put(t, id, "global", "draft", value).expect("put");
+        if i % 2 == 0 {
+            n.session_put(t, id, "global", "other", Value::raw("x"))
+                .expect("put");
+            n.session_remove(t, id, "global", "other").expect("remove");
+        }
+        assert_eq!(
+            n.session_remove(t, id, "global", &format!("missing-{i}")),
+            Ok(None)
+        );
+    }
+    let grown = resident().saturating_sub(start);
+    println!("100 000 puts of one 1 KiB value: resident grew {grown} B");
+    assert!(grown <= SLACK, "{grown} B held for one uncommitted key");
+    let info = n.session(id).expect("served");
+    assert!(info.uncommitted);
+    n.session_commit(t, id).expect("commit");
+    let info = n.session(id).expect("served");
+    assert_eq!(
+        (info.version, info.uncommitted),
+        (1, false),
+        "one commit, one version"
+    );
+    let state = n.session_state(id).expect("served");
+    assert_eq!(state.len(), 1);
+    assert_eq!(
+        state.get("global", "draft"),
+        Some(&Value::raw(vec![159u8; 1024]))
+    );
+}
