@@ -138,6 +138,12 @@ pub struct Config {
     pub max_members: usize,
     /// Offers one member may hold (local binds and each remote member's). Default 10 000.
     pub max_offers_per_member: usize,
+    /// Offers of all members held together; a remote offer beyond it is ignored and counted in
+    /// [`crate::Drops::offers_over_limit`]. This node's own binds are bounded by
+    /// `max_offers_per_member` only, so the registry holds at most this plus that. Default
+    /// 1 000 000: about a thousand offers for each of `max_members` (1024) members, or the full
+    /// 10 000 for a hundred, while a thousand forged members can no longer hold 10 000 each.
+    pub max_offers_total: usize,
     /// Longest service name in bytes. Default 256.
     pub max_name_len: usize,
     /// Longest offer value in bytes. Default 4096.
@@ -202,6 +208,7 @@ impl Default for Config {
             log_retention_bytes: 8 << 20,
             max_members: 1024,
             max_offers_per_member: 10_000,
+            max_offers_total: 1_000_000,
             max_name_len: 256,
             max_value_len: 4096,
             max_topic_len: 256,
@@ -267,7 +274,7 @@ impl Config {
                 "must hold at least one datagram",
             ));
         }
-        let nonzero: [(&'static str, usize); 13] = [
+        let nonzero: [(&'static str, usize); 14] = [
             ("max_sessions", self.max_sessions),
             ("max_session_bytes", self.max_session_bytes),
             (
@@ -282,6 +289,7 @@ impl Config {
             ("log_retention_bytes", self.log_retention_bytes),
             ("max_members", self.max_members),
             ("max_offers_per_member", self.max_offers_per_member),
+            ("max_offers_total", self.max_offers_total),
             ("max_name_len", self.max_name_len),
             ("max_value_len", self.max_value_len),
             ("max_topic_len", self.max_topic_len),
@@ -292,6 +300,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if self.max_offers_total < self.max_offers_per_member {
+            return Err(invalid(
+                "max_offers_total",
+                "must be at least max_offers_per_member, so one member's offers always fit",
+            ));
         }
         if self.http.max_body_bytes > crate::codec::MAX_BODY {
             return Err(invalid(
@@ -452,6 +466,8 @@ mod tests {
                 Box::new(|c| c.max_fragments_per_message = 3),
             ),
             ("max_members", Box::new(|c| c.max_members = 0)),
+            ("max_offers_total", Box::new(|c| c.max_offers_total = 0)),
+            ("max_offers_total", Box::new(|c| c.max_offers_total = 9_999)),
             (
                 "heartbeat_interval",
                 Box::new(|c| c.heartbeat_interval = Duration::ZERO),

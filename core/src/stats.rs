@@ -36,7 +36,8 @@ pub struct Drops {
     pub duplicate: u64,
     /// Delivered message whose payload could not be decoded.
     pub bad_payload: u64,
-    /// Remote offers ignored because the member exceeded `max_offers_per_member`.
+    /// Remote offers ignored because the member exceeded `max_offers_per_member` or the registry
+    /// held `max_offers_total`.
     pub offers_over_limit: u64,
     /// Heartbeat whose names do not hash to its header's ids.
     pub bad_identity: u64,

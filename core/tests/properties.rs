@@ -26,6 +26,7 @@ fn limits() -> ReceiverLimits {
         max_messages: 4096,
         max_message_size: 16 << 20,
         max_fragments: 1 << 20,
+        min_chunk: 1,
         grace: Duration::from_millis(50),
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),

@@ -673,3 +673,44 @@ fn a_predecessors_late_heartbeat_is_not_a_name_conflict() {
         }]
     );
 }
+
+/// Forged members each announcing their full quota of offers used to fill the registry up to
+/// `max_members × max_offers_per_member`; `max_offers_total` now caps all remote offers.
+#[test]
+fn forged_members_cannot_fill_the_registry_past_its_total() {
+    let t0 = Instant::now();
+    let config = Config {
+        max_offers_per_member: 10,
+        max_offers_total: 25,
+        ..Config::default()
+    };
+    let mut n = node(t0, 1, config);
+    let t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    for m in 2..=6u16 {
+        let name = format!("web/{m}");
+        let h = header(&name, 3);
+        n.handle_datagram(
+            t,
+            addr(m),
+            wire::encode_heartbeat(&h, &heartbeat(&name, 7000 + m, 0, 0)),
+        );
+        let changes = (0..10)
+            .map(|k| exchange::NamingChange::Bind(format!("svc-{k}"), "v".into()))
+            .collect();
+        let a = codec::encode(&exchange::Announcement { changes }).expect("encode");
+        n.handle_datagram(
+            t,
+            addr(m),
+            fragment(&h, Channel::State, 1, 0, 1, a.len() as u32, &a),
+        );
+        drain(&mut n);
+    }
+    assert_eq!(n.registry().len(), 25, "remote offers stop at the total");
+    assert_eq!(n.stats().drops.offers_over_limit, 50 - 25);
+    for k in 0..10 {
+        n.bind(&format!("own-{k}"), "x")
+            .expect("own binds are bounded per member only");
+    }
+    assert_eq!(n.registry().len(), 35);
+}

@@ -472,16 +472,16 @@ fn a_stale_primary_is_superseded_after_a_partition() {
 fn bounds_are_enforced() {
     let config = Config {
         max_sessions: 3,
-        max_session_bytes: 200,
+        max_session_bytes: 2000,
         ..test_config()
     };
     let mut c = cluster(2, 11, config);
     let now = c.now;
     let t = c.with(0, |n| n.session_create(now)).expect("create");
     let err = c.with(0, |n| {
-        n.session_put(now, t.id, pool::GLOBAL, "big", Value::raw(vec![0; 300]))
+        n.session_put(now, t.id, pool::GLOBAL, "big", Value::raw(vec![0; 1000]))
     });
-    assert!(matches!(err, Err(SessionError::TooLarge { max: 200, .. })));
+    assert!(matches!(err, Err(SessionError::TooLarge { max: 2000, .. })));
     assert_eq!(
         c.with(0, |n| n.session_put(now, t.id, "", "k", Value::raw("v"))),
         Err(SessionError::EmptyPool)
@@ -762,4 +762,102 @@ fn hostile_session_bodies_are_refused_without_panics() {
         token.parse::<SessionToken>().is_err(),
         "epoch beyond MAX_EPOCH"
     );
+}
+
+/// A replicated state used to count only its entries: pools without entries cost nothing and
+/// a pool with one entry a few bytes, so a 100 KB body of empty pools, or thousands of
+/// one-entry pools, were taken as tiny. States from peers are now validated as the local API
+/// would build them, and pools and entries count their structure.
+#[test]
+fn hostile_states_of_many_pools_are_refused() {
+    use hybridcast_core::exchange::{self, ReplicaPayload, ReplicateReply, SessionReplicate};
+    use hybridcast_core::http::{Method, Request};
+    use hybridcast_core::{ClusterId, codec};
+    let mut c = cluster(2, 15, test_config());
+    let replicate = |c: &mut Cluster, body: Vec<u8>| -> ReplicateReply {
+        let mut req = Request::get(exchange::PATH_SESSION_REPLICATE);
+        req.method = Method::Post;
+        req.headers.push((
+            exchange::HEADER_CLUSTER.to_owned(),
+            ClusterId::of("sim").to_string(),
+        ));
+        req.body = body.into();
+        let now = c.now;
+        let resp = c.with(0, |n| n.handle_http_request(now, &req));
+        assert_eq!(
+            resp.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        codec::decode(&resp.body, 1024).expect("reply")
+    };
+    let full = |id: u128, state: SessionState| {
+        codec::encode(&SessionReplicate {
+            id: SessionId(id),
+            epoch: 1,
+            primary: MemberKey(777),
+            assignment: 1,
+            primary_addr: "127.0.0.1:9".parse().expect("addr"),
+            version: 1,
+            payload: ReplicaPayload::Full(state),
+        })
+        .expect("encode")
+    };
+    // 16 000 pools with 4-byte names and no entries: the state is the body's last field, so
+    // its empty pool map (one zero byte) is replaced by the hostile one.
+    let mut body = full(1, SessionState::default());
+    assert_eq!(body.pop(), Some(0), "an empty map ends the body");
+    let pools = 16_000u16;
+    body.push(251);
+    body.extend_from_slice(&pools.to_le_bytes());
+    for i in 0..pools {
+        body.push(4);
+        body.extend_from_slice(format!("{i:04x}").as_bytes());
+        body.push(0);
+    }
+    assert!(body.len() < test_config().max_request_body());
+    assert_eq!(
+        replicate(&mut c, body),
+        ReplicateReply::Refused,
+        "empty pools"
+    );
+    // 2000 pools of one small entry each: 26 bytes apiece by the old count, within 64 KiB.
+    let mut state = SessionState::default();
+    for i in 0..2000 {
+        state.apply(Change::Put {
+            pool: format!("{i:04x}"),
+            key: "k".into(),
+            value: Value::raw("v"),
+        });
+    }
+    assert_eq!(
+        replicate(&mut c, full(2, state)),
+        ReplicateReply::Refused,
+        "pool count"
+    );
+    // A pool name the local API refuses (longer than max_name_len).
+    let mut state = SessionState::default();
+    state.apply(Change::Put {
+        pool: "p".repeat(test_config().max_name_len + 1),
+        key: "k".into(),
+        value: Value::raw("v"),
+    });
+    assert_eq!(
+        replicate(&mut c, full(3, state)),
+        ReplicateReply::Refused,
+        "long name"
+    );
+    // A state like the local API builds is still taken.
+    let mut state = SessionState::default();
+    state.apply(Change::Put {
+        pool: pool::GLOBAL.into(),
+        key: "k".into(),
+        value: Value::raw("v"),
+    });
+    assert_eq!(
+        replicate(&mut c, full(4, state)),
+        ReplicateReply::Ack { version: 1 }
+    );
+    assert_eq!(c.nodes[0].node.stats().sessions_replica, 1);
 }

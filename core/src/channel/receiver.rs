@@ -31,6 +31,8 @@ pub struct ReceiverLimits {
     pub max_message_size: usize,
     /// Most fragments per message (`max_fragments_per_message`).
     pub max_fragments: u32,
+    /// Smallest fragment accepted of a message sent in several ([`MIN_CHUNK`] in the node).
+    pub min_chunk: usize,
     /// Time a gap may stay open before it counts as loss (`reorder_grace`).
     pub grace: Duration,
     /// First retry delay (`recovery_backoff_initial`).
@@ -99,6 +101,33 @@ pub enum Ask {
     },
 }
 
+/// Smallest fragment (all but the last) of a multi-fragment message that any sender produces:
+/// a sender splits `T` bytes into `C = ceil(T / P)` fragments of `ceil(T / C)` bytes, which is
+/// more than `P / 2` when `C > 1`, and its payload room `P` is at least the room of a
+/// [`MIN_DATAGRAM`](crate::config::MIN_DATAGRAM) datagram with an authentication trailer (175
+/// bytes). Smaller fragments are refused as inconsistent, so per-fragment overhead stays a
+/// small fraction of the data it carries.
+pub const MIN_CHUNK: usize = (crate::config::MIN_DATAGRAM
+    - crate::wire::AUTH_TRAILER_LEN
+    - crate::wire::HEADER_LEN
+    - crate::wire::FRAGMENTS_PREFIX_LEN
+    - crate::wire::FRAGMENT_OVERHEAD)
+    / 2
+    + 1;
+
+/// Memory a cached message costs beyond its data: its entry in the slot map (key, slot and a
+/// share of the B-tree node) and the allocator's header for its buffer. Counted in the budget
+/// so that `max_bytes` bounds real memory, not just payload bytes.
+pub const SLOT_OVERHEAD: usize = 128;
+
+/// Memory a message still being assembled costs beyond [`SLOT_OVERHEAD`] and its buffers: the
+/// boxed [`Assembly`] and its allocation header.
+const ASSEMBLY_OVERHEAD: usize = 128;
+
+/// Memory an out-of-order fragment kept as a copy costs beyond its data: its map entry (index
+/// and `Bytes` handle, a share of the B-tree node) and the copy's allocation header.
+const LATER_OVERHEAD: usize = 80;
+
 /// Messages up to this size get their whole buffer at the first fragment; larger ones grow with
 /// the data actually received.
 const EAGER_BYTES: usize = 64 * 1024;
@@ -139,11 +168,13 @@ enum Slot {
 }
 
 impl Slot {
+    /// Bytes of memory this slot holds, data and structure.
     fn cost(&self) -> usize {
-        match self {
-            Slot::Complete(b) => b.len(),
-            Slot::Partial(a) => a.footprint(),
-        }
+        SLOT_OVERHEAD
+            + match self {
+                Slot::Complete(b) => b.len(),
+                Slot::Partial(a) => ASSEMBLY_OVERHEAD + a.footprint(),
+            }
     }
 }
 
@@ -227,6 +258,7 @@ impl Receiver {
             || f.seq > MAX_SEQ
             || fragment_span(f.total_len, f.count, f.index)
                 .is_none_or(|(_, len)| len != f.data.len())
+            || (f.count > 1 && (f.total_len as usize).div_ceil(f.count as usize) < limits.min_chunk)
         {
             return FragmentOutcome::Inconsistent;
         }
@@ -563,10 +595,12 @@ impl Receiver {
         let mut msgs = answer.messages.into_iter().peekable();
         loop {
             if matches!(self.slots.get(&next), Some(Slot::Complete(_))) {
-                if let Some(Slot::Complete(payload)) = self.slots.remove(&next) {
-                    budget.bytes -= payload.len();
+                if let Some(slot) = self.slots.remove(&next) {
+                    budget.bytes -= slot.cost();
                     budget.messages -= 1;
-                    out.push(Delivery::Message { seq: next, payload });
+                    if let Slot::Complete(payload) = slot {
+                        out.push(Delivery::Message { seq: next, payload });
+                    }
                 }
                 next += 1;
                 continue;
@@ -633,11 +667,13 @@ fn target_capacity(total: usize, held: usize) -> usize {
 }
 
 impl Assembly {
-    /// Bytes this assembly holds in memory.
+    /// Bytes this assembly holds in memory beyond its own box: buffers and copies.
     fn footprint(&self) -> usize {
         self.buf.capacity()
             + match &self.mode {
-                Mode::Append { later_bytes, .. } => *later_bytes,
+                Mode::Append {
+                    later, later_bytes, ..
+                } => later_bytes + later.len() * LATER_OVERHEAD,
                 Mode::Scatter { have } => have.len() * 8,
             }
     }
@@ -732,6 +768,7 @@ mod tests {
             max_messages: 64,
             max_message_size: 1 << 20,
             max_fragments: 1 << 16,
+            min_chunk: 1,
             grace: Duration::from_millis(50),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),

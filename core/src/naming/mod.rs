@@ -27,6 +27,18 @@ pub struct Provider {
 pub struct Registry {
     by_member: BTreeMap<MemberKey, BTreeMap<String, String>>,
     by_name: BTreeMap<String, BTreeMap<MemberKey, String>>,
+    /// Offers held, all members together.
+    offers: usize,
+}
+
+/// How many offers a bind may leave behind: a new offer is refused once its member holds
+/// `per_member` or the registry holds `total` (changing an existing offer's value always works).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OfferLimits {
+    /// Offers of the binding member (`max_offers_per_member`).
+    pub(crate) per_member: usize,
+    /// Offers of all members together (`max_offers_total`; unlimited for this node's own).
+    pub(crate) total: usize,
 }
 
 impl Registry {
@@ -59,7 +71,7 @@ impl Registry {
 
     /// Total number of offers held.
     pub fn len(&self) -> usize {
-        self.by_member.values().map(BTreeMap::len).sum()
+        self.offers
     }
 
     /// True if no member offers anything.
@@ -67,18 +79,18 @@ impl Registry {
         self.by_name.is_empty()
     }
 
-    /// `member` offers `name` with `value`. Returns false if refused because the member already
-    /// holds `max_offers` other offers.
+    /// `member` offers `name` with `value`. Returns false if refused because the member or the
+    /// registry already holds as many offers as `limits` allow.
     pub(crate) fn bind(
         &mut self,
         member: MemberKey,
         name: &str,
         value: &str,
-        max_offers: usize,
+        limits: OfferLimits,
         events: &mut Vec<Event>,
     ) -> bool {
         let offers = self.by_member.entry(member).or_default();
-        let full = offers.len() >= max_offers;
+        let full = offers.len() >= limits.per_member || self.offers >= limits.total;
         match offers.get_mut(name) {
             Some(v) if v == value => return true,
             Some(v) => *v = value.to_owned(),
@@ -90,6 +102,7 @@ impl Registry {
             }
             None => {
                 offers.insert(name.to_owned(), value.to_owned());
+                self.offers += 1;
             }
         }
         self.by_name
@@ -117,6 +130,7 @@ impl Registry {
         if offers.remove(name).is_none() {
             return false;
         }
+        self.offers -= 1;
         if offers.is_empty() {
             self.by_member.remove(&member);
         }
@@ -134,18 +148,18 @@ impl Registry {
     }
 
     /// Replaces all offers of `member` with `offers`, reporting only the differences. Returns the
-    /// number of offers refused by `max_offers`.
+    /// number of offers refused by `limits`.
     pub(crate) fn replace(
         &mut self,
         member: MemberKey,
         offers: impl IntoIterator<Item = (String, String)>,
-        max_offers: usize,
+        limits: OfferLimits,
         events: &mut Vec<Event>,
     ) -> usize {
         let mut wanted = BTreeMap::new();
         let mut refused = 0;
         for (name, value) in offers {
-            if wanted.len() < max_offers || wanted.contains_key(&name) {
+            if wanted.len() < limits.per_member || wanted.contains_key(&name) {
                 wanted.insert(name, value);
             } else {
                 refused += 1;
@@ -165,14 +179,20 @@ impl Registry {
             self.unbind(member, &name, events);
         }
         for (name, value) in wanted {
-            self.bind(member, &name, &value, max_offers, events);
+            if !self.bind(member, &name, &value, limits, events) {
+                refused += 1;
+            }
         }
         refused
     }
 
     /// Removes every offer of `member` (it failed, left or restarted).
     pub(crate) fn remove_member(&mut self, member: MemberKey, events: &mut Vec<Event>) {
-        self.replace(member, std::iter::empty(), 0, events);
+        let none = OfferLimits {
+            per_member: 0,
+            total: 0,
+        };
+        self.replace(member, std::iter::empty(), none, events);
     }
 }
 
@@ -180,20 +200,30 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn per_member(n: usize) -> OfferLimits {
+        OfferLimits {
+            per_member: n,
+            total: usize::MAX,
+        }
+    }
+
     #[test]
     fn index_follows_offers_and_reports_changes() {
         let (a, b) = (MemberKey(1), MemberKey(2));
         let mut r = Registry::default();
         let mut ev = Vec::new();
-        assert!(r.bind(a, "svc", "a:1", 10, &mut ev));
-        assert!(r.bind(b, "svc", "b:1", 10, &mut ev));
-        assert!(r.bind(a, "svc", "a:1", 10, &mut ev), "same value: no event");
+        assert!(r.bind(a, "svc", "a:1", per_member(10), &mut ev));
+        assert!(r.bind(b, "svc", "b:1", per_member(10), &mut ev));
+        assert!(
+            r.bind(a, "svc", "a:1", per_member(10), &mut ev),
+            "same value: no event"
+        );
         assert_eq!(ev.len(), 2);
         assert_eq!(r.pool("svc").count(), 2);
         let refused = r.replace(
             a,
             vec![("x".into(), "1".into()), ("y".into(), "2".into())],
-            1,
+            per_member(1),
             &mut ev,
         );
         assert_eq!(refused, 1);
@@ -203,5 +233,37 @@ mod tests {
         assert_eq!(r.pool("svc").count(), 0);
         assert!(!r.view().contains_key("svc"));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn total_bound_refuses_new_offers_but_not_new_values() {
+        let (a, b) = (MemberKey(1), MemberKey(2));
+        let limits = OfferLimits {
+            per_member: 10,
+            total: 3,
+        };
+        let mut r = Registry::default();
+        let mut ev = Vec::new();
+        assert!(r.bind(a, "x", "1", limits, &mut ev));
+        assert!(r.bind(a, "y", "1", limits, &mut ev));
+        assert!(r.bind(b, "x", "1", limits, &mut ev));
+        assert!(!r.bind(b, "y", "1", limits, &mut ev), "registry full");
+        assert!(
+            r.bind(b, "x", "2", limits, &mut ev),
+            "a new value is no new offer"
+        );
+        let offers = (0..5).map(|i| (i.to_string(), String::new()));
+        assert_eq!(
+            r.replace(b, offers, limits, &mut ev),
+            4,
+            "one slot was b's own"
+        );
+        assert_eq!(r.len(), 3);
+        assert!(r.unbind(a, "x", &mut ev));
+        assert!(r.bind(b, "y", "1", limits, &mut ev), "room again");
+        assert_eq!(r.len(), 3);
+        r.remove_member(a, &mut ev);
+        r.remove_member(b, &mut ev);
+        assert_eq!((r.len(), r.is_empty()), (0, true));
     }
 }

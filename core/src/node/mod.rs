@@ -12,7 +12,7 @@ use crate::event::{Event, Peer};
 use crate::exchange::{Announcement, NamingChange, Published};
 use crate::ids::{Channel, ClusterId, MemberKey, RequestId, Rng, stable_hash};
 use crate::membership::{Member, MemberInfo, MemberState};
-use crate::naming::{Provider, Registry, Selector, Strategy};
+use crate::naming::{OfferLimits, Provider, Registry, Selector, Strategy};
 use crate::stats::Stats;
 use crate::wire::{self, Body, Header, Heartbeat, WireError};
 use bytes::Bytes;
@@ -236,6 +236,7 @@ impl Node {
             max_messages: config.max_cached_messages_per_sender,
             max_message_size: config.max_message_size,
             max_fragments: config.max_fragments_per_message,
+            min_chunk: crate::channel::receiver::MIN_CHUNK,
             grace: config.reorder_grace,
             backoff_initial: config.recovery_backoff_initial,
             backoff_max: config.recovery_backoff_max,
@@ -399,13 +400,11 @@ impl Node {
         check_len("name", name.len(), self.config.max_name_len)?;
         check_len("value", value.len(), self.config.max_value_len)?;
         let mut events = std::mem::take(&mut self.scratch);
-        let ok = self.registry.bind(
-            self.key,
-            name,
-            value,
-            self.config.max_offers_per_member,
-            &mut events,
-        );
+        let own = OfferLimits {
+            per_member: self.config.max_offers_per_member,
+            total: usize::MAX,
+        };
+        let ok = self.registry.bind(self.key, name, value, own, &mut events);
         self.push_events(&mut events);
         self.scratch = events;
         if !ok {
@@ -470,6 +469,14 @@ impl Node {
         self.left = true;
         self.requests.clear();
         self.recovering.clear();
+    }
+
+    /// What a remote member's offers may take of the registry.
+    pub(crate) fn offer_limits(&self) -> OfferLimits {
+        OfferLimits {
+            per_member: self.config.max_offers_per_member,
+            total: self.config.max_offers_total,
+        }
     }
 
     fn check_live(&self) -> Result<(), CommandError> {
@@ -1114,7 +1121,7 @@ impl Node {
                         member,
                         &name,
                         &value,
-                        self.config.max_offers_per_member,
+                        self.offer_limits(),
                         &mut events,
                     ) {
                         self.stats.drops.offers_over_limit += 1;

@@ -571,12 +571,9 @@ impl Node {
             .collect();
         self.stats.drops.bad_payload += (before - offers.len()) as u64;
         let mut events = std::mem::take(&mut self.scratch);
-        let refused = self.registry.replace(
-            member,
-            offers,
-            self.config.max_offers_per_member,
-            &mut events,
-        );
+        let refused = self
+            .registry
+            .replace(member, offers, self.offer_limits(), &mut events);
         self.stats.drops.offers_over_limit += refused as u64;
         self.push_events(&mut events);
         self.scratch = events;

@@ -63,10 +63,15 @@ struct Owned {
     /// Committed changes after `acked`, one entry per version, contiguous.
     log: VecDeque<(u64, Vec<Change>)>,
     log_bytes: usize,
-    /// Changes since the last commit.
-    pending: Vec<Change>,
-    /// What undoes `pending`, in the same order (see [`Owned::committed_state`]).
-    undo: Vec<Change>,
+    /// Changes since the last commit, the latest per (pool, key): an interaction that puts one
+    /// key many times holds one change, so this never outgrows the state and what it replaced.
+    pending: BTreeMap<(String, String), Change>,
+    /// What restores each (pool, key) of `pending` to its committed value (the undo of its first
+    /// change; see [`Owned::committed_state`]).
+    undo: BTreeMap<(String, String), Change>,
+    /// Puts or removes were made since the last commit (even ones that changed nothing, which
+    /// `pending` does not keep): the commit makes a version.
+    staged: bool,
     in_flight: Option<RequestId>,
     queued: bool,
     /// The secondary's idle clock needs a refresh even without new versions.
@@ -92,7 +97,7 @@ impl Owned {
     /// carry this, never an interaction in progress.
     fn committed_state(&self) -> SessionState {
         let mut state = self.state.clone();
-        for change in self.undo.iter().rev() {
+        for change in self.undo.values() {
             state.apply(change.clone());
         }
         state
@@ -330,9 +335,10 @@ impl Node {
             .get_mut(&id)
             .ok_or(SessionError::NotHere(id))?;
         o.last_used = now;
-        if !o.pending.is_empty() {
+        if o.staged {
+            o.staged = false;
             o.version += 1;
-            let changes = std::mem::take(&mut o.pending);
+            let changes: Vec<Change> = std::mem::take(&mut o.pending).into_values().collect();
             o.undo.clear();
             if o.secondary.is_some() {
                 o.log_bytes += changes.iter().map(Change::cost).sum::<usize>();
@@ -532,7 +538,7 @@ impl Node {
             token: self.owned_token(id)?,
             version: o.version,
             replicated: o.acked,
-            uncommitted: !o.pending.is_empty(),
+            uncommitted: o.staged,
             bytes: o.bytes,
         })
     }
@@ -596,13 +602,21 @@ impl Node {
         }
         o.bytes = bytes;
         o.last_used = now;
-        o.pending.push(change.clone());
+        o.staged = true;
         let (pool, key) = (change.target().0.to_owned(), change.target().1.to_owned());
-        let old = o.state.apply(change);
-        o.undo.push(match old.clone() {
-            Some(value) => Change::Put { pool, key, value },
-            None => Change::Remove { pool, key },
-        });
+        let old = o.state.apply(change.clone());
+        if old.is_none() && matches!(change, Change::Remove { .. }) {
+            // Removing what is not there changes nothing: it makes a version, but holds nothing.
+            return Ok(None);
+        }
+        let target = (pool.clone(), key.clone());
+        o.undo
+            .entry(target.clone())
+            .or_insert_with(|| match old.clone() {
+                Some(value) => Change::Put { pool, key, value },
+                None => Change::Remove { pool, key },
+            });
+        o.pending.insert(target, change);
         Ok(old)
     }
 
@@ -629,8 +643,9 @@ impl Node {
                 acked: None,
                 log: VecDeque::new(),
                 log_bytes: 0,
-                pending: Vec::new(),
-                undo: Vec::new(),
+                pending: BTreeMap::new(),
+                undo: BTreeMap::new(),
+                staged: false,
                 in_flight: None,
                 queued: false,
                 refresh: false,
@@ -1208,6 +1223,7 @@ impl Node {
                 version,
                 state,
             }) if state.bytes() <= self.config.max_session_bytes
+                && state.is_valid(self.config.max_name_len)
                 && valid_epoch(serve_epoch)
                 && version <= MAX_EPOCH
                 && self
@@ -1461,10 +1477,15 @@ impl Node {
             }
         }
         let max_bytes = self.config.max_session_bytes;
+        let max_name = self.config.max_name_len;
         match (self.sessions.replicas.get_mut(&id), r.payload) {
             (Some(copy), ReplicaPayload::Delta { base, changes })
                 if copy.rank() == incoming_rank && copy.version == base && r.version >= base =>
             {
+                if !changes.iter().all(|c| c.is_valid(max_name)) {
+                    self.sessions.replicas.remove(&id);
+                    return ReplicateReply::Refused;
+                }
                 let mut bytes = copy.state.bytes();
                 for c in &changes {
                     bytes = copy.state.bytes_after(bytes, c);
@@ -1503,6 +1524,7 @@ impl Node {
             }
             (existing, ReplicaPayload::Full(state)) => {
                 if state.bytes() > max_bytes
+                    || !state.is_valid(max_name)
                     || (existing.is_none() && self.sessions.held() >= self.config.max_sessions)
                 {
                     return ReplicateReply::Refused;

@@ -169,14 +169,20 @@ pub mod pool {
     }
 }
 
-/// Bytes a (pool, key, value) entry counts for, besides the value.
-const ENTRY_OVERHEAD: usize = 16;
+/// Bytes a (pool, key, value) entry counts for besides its names and value: its map slot (key
+/// and value handles, a share of a B-tree node) and the allocations of its key and value.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+/// Bytes a pool counts for besides its entries: its slot in the map of pools and its own map,
+/// whose first B-tree node is allocated whole (eleven entry slots) even for one entry.
+pub const POOL_OVERHEAD: usize = 1024;
 
 /// A session's state: pools of key → [`Value`].
 ///
 /// [`SessionState::bytes`] is the size the session is bounded by (`Config::max_session_bytes`):
-/// every pool name, key and value, plus a small overhead per entry. It is never less than the
-/// state's encoded size.
+/// every pool name, key and value, plus [`ENTRY_OVERHEAD`] per entry and [`POOL_OVERHEAD`] per
+/// pool, so that it bounds the memory the state takes, within a small factor. It is never less
+/// than the state's encoded size.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
     pools: BTreeMap<String, BTreeMap<String, Value>>,
@@ -222,20 +228,45 @@ impl SessionState {
 
     /// The bounded size of the state (see the type's documentation).
     pub fn bytes(&self) -> usize {
-        self.entries()
-            .map(|(p, k, v)| entry_cost(p, k, v))
-            .sum::<usize>()
+        self.pools.len() * POOL_OVERHEAD
+            + self
+                .entries()
+                .map(|(p, k, v)| entry_cost(p, k, v))
+                .sum::<usize>()
     }
 
     /// The size the state would have after `change`, given its size now.
     pub(crate) fn bytes_after(&self, bytes: usize, change: &Change) -> usize {
         let (pool, key) = change.target();
-        let old = self.get(pool, key).map_or(0, |v| entry_cost(pool, key, v));
-        let new = match change {
-            Change::Put { value, .. } => entry_cost(pool, key, value),
-            Change::Remove { .. } => 0,
-        };
-        bytes - old + new
+        let entries = self.pools.get(pool);
+        let old = entries
+            .and_then(|e| e.get(key))
+            .map_or(0, |v| entry_cost(pool, key, v));
+        match change {
+            Change::Put { value, .. } => {
+                let opened = if entries.is_none() { POOL_OVERHEAD } else { 0 };
+                bytes - old + entry_cost(pool, key, value) + opened
+            }
+            Change::Remove { .. } => {
+                // Removing a pool's last entry removes the pool.
+                let closed = if old > 0 && entries.is_some_and(|e| e.len() == 1) {
+                    POOL_OVERHEAD
+                } else {
+                    0
+                };
+                bytes - old - closed
+            }
+        }
+    }
+
+    /// True if a state taken from a peer is one this node could have built itself: no empty
+    /// pool, every pool name non-empty and every pool name and key at most `max_name_len` bytes.
+    pub(crate) fn is_valid(&self, max_name_len: usize) -> bool {
+        self.pools.iter().all(|(pool, entries)| {
+            !entries.is_empty()
+                && names_valid(pool, "", max_name_len)
+                && entries.keys().all(|key| key.len() <= max_name_len)
+        })
     }
 
     /// Applies `change`; returns the value it replaced or removed. (A plain value operation:
@@ -284,6 +315,12 @@ impl SessionState {
     }
 }
 
+/// The rule the local API applies to names: a pool name is non-empty, and pool names and keys
+/// are at most `max_name_len` bytes.
+fn names_valid(pool: &str, key: &str, max_name_len: usize) -> bool {
+    !pool.is_empty() && pool.len() <= max_name_len && key.len() <= max_name_len
+}
+
 fn entry_cost(pool: &str, key: &str, value: &Value) -> usize {
     pool.len() + key.len() + value.cost() + ENTRY_OVERHEAD
 }
@@ -315,6 +352,12 @@ impl Change {
         match self {
             Change::Put { pool, key, .. } | Change::Remove { pool, key } => (pool, key),
         }
+    }
+
+    /// True if a change taken from a peer names its pool and key as the local API requires.
+    pub(crate) fn is_valid(&self, max_name_len: usize) -> bool {
+        let (pool, key) = self.target();
+        names_valid(pool, key, max_name_len)
     }
 
     /// Bytes the change counts for in a replication delta.
@@ -653,9 +696,22 @@ mod tests {
                 key: "user".into(),
                 value: Value::raw("bob"),
             },
+            Change::Put {
+                pool: pool::application("cart"),
+                key: "p-2".into(),
+                value: Value::raw("2"),
+            },
             Change::Remove {
                 pool: pool::application("cart"),
                 key: "p-1".into(),
+            },
+            Change::Remove {
+                pool: pool::application("cart"),
+                key: "missing".into(),
+            },
+            Change::Remove {
+                pool: pool::application("cart"),
+                key: "p-2".into(),
             },
             Change::Remove {
                 pool: "none".into(),
