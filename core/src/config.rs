@@ -155,6 +155,11 @@ pub struct Config {
     /// their own, also this many: beyond it they are dropped and counted.
     /// Default 65 536.
     pub max_queued_events: usize,
+    /// Bytes the queued events may hold (their strings, payloads and session states, plus a
+    /// fixed cost each) before the node stops taking in sequenced data, as with
+    /// `max_queued_events`: a slow owner then delays deliveries but loses none. One input can
+    /// overshoot it by at most one message's events. Default 256 MiB.
+    pub max_queued_event_bytes: usize,
     /// Limits on point-to-point HTTP requests and responses.
     pub http: HttpLimits,
     /// Interval between heartbeats. Default 1 s.
@@ -213,6 +218,7 @@ impl Default for Config {
             max_value_len: 4096,
             max_topic_len: 256,
             max_queued_events: 65_536,
+            max_queued_event_bytes: 256 << 20,
             http: HttpLimits::default(),
             heartbeat_interval,
             suspect_after_intervals: 3,
@@ -274,7 +280,7 @@ impl Config {
                 "must hold at least one datagram",
             ));
         }
-        let nonzero: [(&'static str, usize); 14] = [
+        let nonzero: [(&'static str, usize); 15] = [
             ("max_sessions", self.max_sessions),
             ("max_session_bytes", self.max_session_bytes),
             (
@@ -294,6 +300,7 @@ impl Config {
             ("max_value_len", self.max_value_len),
             ("max_topic_len", self.max_topic_len),
             ("max_queued_events", self.max_queued_events),
+            ("max_queued_event_bytes", self.max_queued_event_bytes),
             ("http.max_body_bytes", self.http.max_body_bytes),
         ];
         for (field, v) in nonzero {

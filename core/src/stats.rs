@@ -121,6 +121,10 @@ pub struct Stats {
     pub members_failed: u64,
     /// Departed members remembered (left).
     pub members_left: u64,
+    /// Events waiting for the owner (gauge).
+    pub events_queued: u64,
+    /// Bytes those events hold, as counted against `max_queued_event_bytes` (gauge).
+    pub event_bytes_queued: u64,
     /// Bytes held by the receive caches of all senders (gauge; at most
     /// `max_cached_bytes_total`).
     pub cached_bytes: u64,

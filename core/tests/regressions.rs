@@ -714,3 +714,161 @@ fn forged_members_cannot_fill_the_registry_past_its_total() {
     }
     assert_eq!(n.registry().len(), 35);
 }
+
+fn announcement(changes: Vec<exchange::NamingChange>) -> Vec<u8> {
+    codec::encode(&exchange::Announcement { changes }).expect("encode")
+}
+
+fn naming_events(n: &mut Node) -> Vec<Event> {
+    std::iter::from_fn(|| n.poll_event())
+        .filter(|e| matches!(e, Event::Bound { .. } | Event::Unbound { .. }))
+        .collect()
+}
+
+/// One announcement rebinding one name ten thousand times (and binding and unbinding another)
+/// used to queue ten thousand events (the audit's F1: a few bytes of changes became a hundred
+/// bytes of events each); the owner now hears its net effect only.
+#[test]
+fn one_announcement_costs_one_event_per_name_it_changes() {
+    let (mut n, h, t) = joined_with_peer(&heartbeat("web/2", 7002, 0, 0));
+    n.poll_event();
+    while n.poll_event().is_some() {}
+    use exchange::NamingChange::{Bind, Unbind};
+    let mut changes = Vec::new();
+    for k in 0..10_000 {
+        changes.push(Bind("x".into(), format!("v{}", k % 2)));
+        changes.push(Bind("gone".into(), "y".into()));
+        changes.push(Unbind("gone".into()));
+    }
+    changes.push(Bind("x".into(), "final".into()));
+    let payload = announcement(changes);
+    let total = payload.len() as u32;
+    let count = payload.len().div_ceil(1_300) as u32;
+    for i in 0..count {
+        let (at, len) = wire::fragment_span(total, count, i).expect("a valid split");
+        let d = fragment(
+            &h,
+            Channel::State,
+            1,
+            i,
+            count,
+            total,
+            &payload[at..at + len],
+        );
+        n.handle_datagram(t, addr(2), d);
+    }
+    let events = naming_events(&mut n);
+    assert_eq!(
+        events,
+        vec![Event::Bound {
+            name: "x".into(),
+            member: h.sender,
+            value: "final".into(),
+        }]
+    );
+}
+
+/// A gap filled at last releases a whole cache of announcements at once; their events used to
+/// be queued all together whatever the limits (F1). Now the node queues up to the limits (one
+/// announcement's events over at most), keeps the rest in order until the owner drains, and
+/// loses nothing.
+#[test]
+fn a_released_cache_waits_for_the_owner_in_order_and_loses_nothing() {
+    let config = Config {
+        max_queued_events: 50,
+        max_queued_event_bytes: 16 << 10,
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, config);
+    let mut t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    assert!(n.is_joined());
+    drain(&mut n);
+    let h = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    while n.poll_event().is_some() {}
+    use exchange::NamingChange::Bind;
+    let rounds = 200u64;
+    let per_round = 20;
+    let tick = |round: u64| {
+        let changes = (0..per_round)
+            .map(|k| Bind(format!("svc-{k}"), format!("r{round}-{}", "z".repeat(40))))
+            .collect();
+        announcement(changes)
+    };
+    // Rounds 2.. arrive first and are cached; round 1 fills the gap.
+    for round in 2..=rounds {
+        let p = tick(round);
+        n.handle_datagram(
+            t,
+            addr(2),
+            fragment(&h, Channel::State, round, 0, 1, p.len() as u32, &p),
+        );
+    }
+    assert_eq!(n.stats().drops.backlogged, 0);
+    let p = tick(1);
+    n.handle_datagram(
+        t,
+        addr(2),
+        fragment(&h, Channel::State, 1, 0, 1, p.len() as u32, &p),
+    );
+    let s = n.stats();
+    assert!(
+        s.events_queued <= 50 + per_round as u64,
+        "one input queued {} events",
+        s.events_queued
+    );
+    assert!(
+        s.event_bytes_queued < (16 << 10) + 4096,
+        "{} bytes",
+        s.event_bytes_queued
+    );
+    // While deliveries wait, new sequenced data is refused (and recovered later).
+    let p = tick(rounds + 1);
+    n.handle_datagram(
+        t,
+        addr(2),
+        fragment(&h, Channel::State, rounds + 1, 0, 1, p.len() as u32, &p),
+    );
+    assert_eq!(n.stats().drops.backlogged, 1);
+    // The owner drains a few events at a time; the queue stays within its limits.
+    let mut seen: Vec<Event> = Vec::new();
+    for _ in 0..10_000 {
+        let Some(e) = n.poll_event() else {
+            break;
+        };
+        assert!(n.stats().events_queued <= 50 + per_round as u64);
+        seen.push(e);
+        t += Duration::from_millis(1);
+        n.handle_timeout(t);
+        drain(&mut n);
+    }
+    seen.retain(|e| matches!(e, Event::Bound { .. } | Event::Unbound { .. }));
+    assert_eq!(seen.len(), (rounds as usize) * per_round);
+    // In order: svc-k's values go r1, r2, ... r200.
+    for k in 0..per_round {
+        let name = format!("svc-{k}");
+        let order: Vec<u64> = seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Bound { name: n, value, .. } if *n == name => {
+                    value[1..].split('-').next()?.parse().ok()
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, (1..=rounds).collect::<Vec<_>>(), "{name}");
+    }
+    let offers = n.registry().offers_of(h.sender).expect("offers");
+    assert!(
+        offers
+            .values()
+            .all(|v| v.starts_with(&format!("r{rounds}-")))
+    );
+    assert_eq!(n.stats().events_dropped, 0);
+}

@@ -321,6 +321,13 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     );
     let _ = writeln!(o, "# TYPE hybridcast_cached_bytes gauge");
     let _ = writeln!(o, "hybridcast_cached_bytes {}", s.cached_bytes);
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_events_queued Events waiting for the owner, and the bytes they hold."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_events_queued gauge");
+    let _ = writeln!(o, "hybridcast_events_queued {}", s.events_queued);
+    let _ = writeln!(o, "hybridcast_events_queued_bytes {}", s.event_bytes_queued);
     let _ = writeln!(o, "# HELP hybridcast_members Members by state.");
     let _ = writeln!(o, "# TYPE hybridcast_members gauge");
     for (state, v) in [

@@ -213,6 +213,11 @@ pub struct Node {
     /// How many of `events` are membership events (not deliveries): they have their own quota
     /// so that a burst of deliveries (a state dump) never crowds them out.
     queued_membership: usize,
+    /// Bytes the queued events hold ([`event_bytes`]), against `max_queued_event_bytes`.
+    queued_bytes: usize,
+    /// Deliveries taken out of a receiver while the event queue was full, waiting (in order)
+    /// for the owner to drain it: (member, incarnation, channel, deliveries).
+    parked: VecDeque<(MemberKey, u64, Channel, VecDeque<Delivery>)>,
     scratch: Vec<Event>,
     conflicts_reported: BTreeSet<u64>,
     sessions: sessions::Sessions,
@@ -273,6 +278,8 @@ impl Node {
             out: VecDeque::new(),
             events: VecDeque::new(),
             queued_membership: 0,
+            queued_bytes: 0,
+            parked: VecDeque::new(),
             scratch: Vec::new(),
             conflicts_reported: BTreeSet::new(),
             sessions: sessions::Sessions::default(),
@@ -352,6 +359,8 @@ impl Node {
         }
         (s.sessions_primary, s.sessions_replica) = self.sessions.counts();
         s.cached_bytes = self.cached_total as u64;
+        s.events_queued = self.events.len() as u64;
+        s.event_bytes_queued = self.queued_bytes as u64;
         s
     }
 
@@ -508,10 +517,15 @@ impl Node {
 
     /// The next event for the owner, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if !self.parked.is_empty() && !self.queue_full() {
+            // The owner is draining: deliveries that waited for room go on, in order.
+            self.resume_parked();
+        }
         let e = self.events.pop_front()?;
         if !is_delivery(&e) {
             self.queued_membership -= 1;
         }
+        self.queued_bytes -= event_bytes(&e);
         Some(e)
     }
 
@@ -571,6 +585,7 @@ impl Node {
         if self.left {
             return;
         }
+        self.resume_parked();
         let Some(d) = self.open_datagram(&datagram) else {
             return;
         };
@@ -599,6 +614,7 @@ impl Node {
         if self.left {
             return;
         }
+        self.resume_parked();
         if now >= self.next_heartbeat {
             self.flush();
             let hb = self.heartbeat(now);
@@ -1064,9 +1080,17 @@ impl Node {
         member: MemberKey,
         incarnation: u64,
         channel: Channel,
-        deliveries: Vec<Delivery>,
+        deliveries: impl IntoIterator<Item = Delivery>,
     ) {
-        for d in deliveries {
+        let mut deliveries = deliveries.into_iter();
+        while let Some(d) = deliveries.next() {
+            if self.queue_full() {
+                // The owner is behind: the rest waits, in order, for room (one message's
+                // events may overshoot the limits, never more).
+                let rest: VecDeque<Delivery> = std::iter::once(d).chain(deliveries).collect();
+                self.parked.push_back((member, incarnation, channel, rest));
+                return;
+            }
             match d {
                 Delivery::Message { seq, payload } => {
                     self.stats.messages_delivered += 1;
@@ -1104,13 +1128,29 @@ impl Node {
         }
     }
 
+    /// Applies one announcement (one tick of `member`'s naming changes) and reports only its net
+    /// effect, one event per name whose offer it changed: a name bound and unbound again, or
+    /// rebound many times, within one announcement costs the owner at most one event, so an
+    /// announcement yields at most twice `max_offers_per_member` events whatever its length.
     fn apply_announcement(&mut self, member: MemberKey, payload: &[u8]) {
         let Ok(a) = codec::decode::<Announcement>(payload, self.config.max_message_size) else {
             self.stats.drops.bad_payload += 1;
             return;
         };
-        let mut events = std::mem::take(&mut self.scratch);
+        let mut before: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut ignored = std::mem::take(&mut self.scratch);
         for change in a.changes {
+            let name = match &change {
+                NamingChange::Bind(name, _) | NamingChange::Unbind(name) => name,
+            };
+            if !before.contains_key(name) {
+                let held = self
+                    .registry
+                    .offers_of(member)
+                    .and_then(|o| o.get(name))
+                    .cloned();
+                before.insert(name.clone(), held);
+            }
             match change {
                 NamingChange::Bind(name, value) => {
                     if name.len() > self.config.max_name_len
@@ -1122,18 +1162,33 @@ impl Node {
                         &name,
                         &value,
                         self.offer_limits(),
-                        &mut events,
+                        &mut ignored,
                     ) {
                         self.stats.drops.offers_over_limit += 1;
                     }
                 }
                 NamingChange::Unbind(name) => {
-                    self.registry.unbind(member, &name, &mut events);
+                    self.registry.unbind(member, &name, &mut ignored);
                 }
             }
+            ignored.clear();
         }
-        self.push_events(&mut events);
-        self.scratch = events;
+        self.scratch = ignored;
+        for (name, was) in before {
+            let now = self.registry.offers_of(member).and_then(|o| o.get(&name));
+            match (was, now) {
+                (was, Some(value)) if was.as_ref() != Some(value) => {
+                    let value = value.clone();
+                    self.push_event(Event::Bound {
+                        name,
+                        member,
+                        value,
+                    });
+                }
+                (Some(_), None) => self.push_event(Event::Unbound { name, member }),
+                _ => {}
+            }
+        }
     }
 
     /// Ends the tick: coalesces naming changes into one announcement and packs queued messages.
@@ -1198,10 +1253,34 @@ impl Node {
 
     // ----- internals: events -----
 
-    /// True while the owner has let `max_queued_events` events pile up: new sequenced data is
-    /// then refused (and recovered later) instead of queueing more deliveries.
+    /// True while the owner has let `max_queued_events` events or `max_queued_event_bytes`
+    /// pile up, or deliveries wait for room: new sequenced data is then refused (and recovered
+    /// later) instead of queueing more deliveries.
     fn events_backlogged(&self) -> bool {
+        self.queue_full() || !self.parked.is_empty()
+    }
+
+    fn queue_full(&self) -> bool {
         self.events.len() >= self.config.max_queued_events
+            || self.queued_bytes >= self.config.max_queued_event_bytes
+    }
+
+    /// Applies parked deliveries, in order, while the event queue has room. Those of a member
+    /// that departed or restarted since are dropped: its offers were withdrawn, and its new
+    /// incarnation starts its own sequences.
+    fn resume_parked(&mut self) {
+        while !self.queue_full() {
+            let Some((member, incarnation, channel, deliveries)) = self.parked.pop_front() else {
+                return;
+            };
+            let current = self
+                .members
+                .get(&member)
+                .is_some_and(|m| m.incarnation == incarnation && m.state.is_live());
+            if current {
+                self.deliver(member, incarnation, channel, deliveries);
+            }
+        }
     }
 
     fn push_event(&mut self, e: Event) {
@@ -1217,6 +1296,7 @@ impl Node {
             }
             self.queued_membership += 1;
         }
+        self.queued_bytes += event_bytes(&e);
         self.events.push_back(e);
     }
 
@@ -1283,6 +1363,19 @@ fn is_delivery(e: &Event) -> bool {
             | Event::SessionSuperseded { .. }
             | Event::SessionReplicated { .. }
     )
+}
+
+/// What a queued event costs against `max_queued_event_bytes`: its own size plus the bytes it
+/// holds on the heap.
+fn event_bytes(e: &Event) -> usize {
+    let held = match e {
+        Event::Message { topic, payload, .. } => topic.len() + payload.len(),
+        Event::Bound { name, value, .. } => name.len() + value.len(),
+        Event::Unbound { name, .. } => name.len(),
+        Event::SessionFailover { state, .. } => state.bytes(),
+        _ => 0,
+    };
+    std::mem::size_of::<Event>() + held
 }
 
 fn peer_of(m: &Member) -> Peer {

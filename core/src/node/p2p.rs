@@ -337,6 +337,7 @@ impl Node {
         if self.left {
             return;
         }
+        self.resume_parked();
         let Some(pending) = self.take_request(id) else {
             self.stats.stale_responses += 1;
             return;
