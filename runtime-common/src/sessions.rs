@@ -30,6 +30,10 @@ pub enum Resumed {
     Expired(ExpiredReason),
 }
 
+/// Most callers parked on one session's resume; a further one is answered
+/// [`SessionError::Resuming`] at once (the owner's threads asking in a loop cannot grow it).
+pub const MAX_WAITERS_PER_SESSION: usize = 64;
+
 /// Callers waiting for the outcome of a resume, by session. `W` is whatever answers one (a
 /// channel's sending half).
 #[derive(Debug)]
@@ -49,7 +53,8 @@ impl<W> ResumeWaiters<W> {
     /// Takes the answer of `session_resume` for `id`: an outcome known now is returned with
     /// its waiter; otherwise the waiter is parked until [`ResumeWaiters::on_event`] sees the
     /// outcome. A resume already in progress for `id` ([`SessionError::Resuming`]) parks the
-    /// waiter beside the first one. Any other error is returned.
+    /// waiter beside the first one, up to [`MAX_WAITERS_PER_SESSION`] of them (then it is
+    /// answered `Resuming`). Any other error is returned.
     pub fn start(
         &mut self,
         id: SessionId,
@@ -61,7 +66,11 @@ impl<W> ResumeWaiters<W> {
             // The outcome's event (with the state) is queued or will be.
             Ok(Resume::FailedOver(_) | Resume::Pending | Resume::Expired(_))
             | Err(SessionError::Resuming(_)) => {
-                self.waiting.entry(id).or_default().push(waiter);
+                let parked = self.waiting.entry(id).or_default();
+                if parked.len() >= MAX_WAITERS_PER_SESSION {
+                    return Some((waiter, Err(SessionError::Resuming(id))));
+                }
+                parked.push(waiter);
                 None
             }
             Err(e) => Some((waiter, Err(e))),
@@ -147,5 +156,17 @@ mod tests {
         });
         assert_eq!(done.len(), 2);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn waiters_per_session_are_capped() {
+        let id = SessionId(9);
+        let mut w: ResumeWaiters<usize> = ResumeWaiters::default();
+        for i in 0..MAX_WAITERS_PER_SESSION {
+            assert!(w.start(id, Err(SessionError::Resuming(id)), i).is_none());
+        }
+        let over = w.start(id, Err(SessionError::Resuming(id)), 999);
+        assert_eq!(over, Some((999, Err(SessionError::Resuming(id)))));
+        assert_eq!(w.len(), MAX_WAITERS_PER_SESSION);
     }
 }
