@@ -1,5 +1,7 @@
 //! [`Node`]: one cluster member as a pure state machine.
 
+#[cfg(fuzzing)]
+mod fuzzing;
 mod p2p;
 mod sessions;
 
