@@ -165,7 +165,7 @@ struct Run {
     cluster_header: String,
 }
 
-/// Drives a node with the operations the input encodes (see [`op`]).
+/// Drives a node with the operations the input encodes (the `op` codes of its module).
 pub fn node_ops(data: &[u8]) {
     drive(data);
 }

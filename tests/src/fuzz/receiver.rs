@@ -73,7 +73,7 @@ struct Run {
     tainted: BTreeSet<u64>,
 }
 
-/// Drives a receiver with the operations the input encodes (see [`op`]).
+/// Drives a receiver with the operations the input encodes (the `op` codes of its module).
 pub fn receiver_ops(data: &[u8]) {
     let mut inp = Input::new(data);
     let channel = if inp.bool() {
