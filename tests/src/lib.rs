@@ -12,6 +12,7 @@
 //! cargo run -p hybridcast-tests --release --bin sim -- --nodes 32 --offers 1000 --loss 0.2 --seed 7
 //! ```
 
+pub mod fuzz;
 pub mod sim;
 
 pub use hybridcast_core as core;

@@ -606,7 +606,9 @@ impl Receiver {
                 continue;
             }
             while msgs.next_if(|(s, _)| *s < next).is_some() {}
-            if let Some((seq, payload)) = msgs.next_if(|(s, _)| *s == next) {
+            // Nothing above MAX_SEQ is taken, whatever the answer lists: `next` stays within
+            // MAX_SEQ + 1 like everywhere else.
+            if let Some((seq, payload)) = msgs.next_if(|(s, _)| *s == next && *s <= MAX_SEQ) {
                 out.push(Delivery::Message { seq, payload });
                 next += 1;
                 continue;
@@ -760,6 +762,30 @@ impl Assembly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `receiver_ops` fuzz target: a log answer listing messages above `MAX_SEQ`
+    /// walked `next` past `MAX_SEQ + 1`.
+    #[test]
+    fn log_answer_never_moves_next_past_max_seq() {
+        let t = Instant::now();
+        let l = limits();
+        let mut r = Receiver::new(Channel::Log);
+        let (mut b, mut out, mut rng) = (Budget::default(), Vec::new(), Rng::new(1));
+        let top = MAX_SEQ + 1;
+        let msgs = (top..top + 3)
+            .map(|s| (s, Bytes::from_static(b"x")))
+            .collect();
+        r.apply_log(
+            t,
+            log_answer(top, MAX_SEQ, msgs),
+            &mut b,
+            &l,
+            &mut rng,
+            &mut out,
+        );
+        assert!(r.next().is_some_and(|n| n <= MAX_SEQ + 1), "{:?}", r.next());
+        assert!(out.is_empty(), "{out:?}");
+    }
     use crate::wire::fragment_count;
 
     fn limits() -> ReceiverLimits {

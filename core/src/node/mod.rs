@@ -1,6 +1,8 @@
 //! [`Node`]: one cluster member as a pure state machine.
 
 mod auth;
+#[cfg(fuzzing)]
+mod fuzzing;
 mod p2p;
 mod sessions;
 

@@ -182,10 +182,25 @@ pub const POOL_OVERHEAD: usize = 1024;
 /// [`SessionState::bytes`] is the size the session is bounded by (`Config::max_session_bytes`):
 /// every pool name, key and value, plus [`ENTRY_OVERHEAD`] per entry and [`POOL_OVERHEAD`] per
 /// pool, so that it bounds the memory the state takes, within a small factor. It is never less
-/// than the state's encoded size.
+/// than the state's encoded size. A state is never decoded with an empty pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
+    #[serde(deserialize_with = "pools_without_empty")]
     pools: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+/// The pools of a state from the wire, refused if one is empty: [`SessionState::apply`] never
+/// leaves an empty pool behind, and [`SessionState::bytes`] counts entries, so a peer's state
+/// made of empty pools would hold memory that `max_session_bytes` does not see.
+fn pools_without_empty<'de, D>(d: D) -> Result<BTreeMap<String, BTreeMap<String, Value>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let pools = BTreeMap::<String, BTreeMap<String, Value>>::deserialize(d)?;
+    if pools.values().any(BTreeMap::is_empty) {
+        return Err(serde::de::Error::custom("empty session pool"));
+    }
+    Ok(pools)
 }
 
 impl SessionState {
@@ -616,6 +631,27 @@ pub struct SessionInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `session_decode` fuzz target: a state of empty pools decoded with
+    /// `bytes() == 0` whatever its size.
+    #[test]
+    fn a_state_with_an_empty_pool_does_not_decode() {
+        let mut raw: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+        raw.insert("p".repeat(200), BTreeMap::new());
+        let bytes = crate::codec::encode(&raw).expect("encodes");
+        assert!(crate::codec::decode::<SessionState>(&bytes, 1 << 20).is_err());
+        let mut ok = SessionState::default();
+        ok.apply(Change::Put {
+            pool: "p".into(),
+            key: "k".into(),
+            value: Value::raw(&b"v"[..]),
+        });
+        let bytes = crate::codec::encode(&ok).expect("encodes");
+        assert_eq!(
+            crate::codec::decode::<SessionState>(&bytes, 1 << 20),
+            Ok(ok)
+        );
+    }
 
     #[test]
     fn tokens_round_trip_and_are_url_safe() {
