@@ -21,6 +21,8 @@
 //!
 //! The byte layouts are in `WIRE.md` §8.
 
+use crate::exchange::{HEADER_AUTH, HEADER_CLUSTER, HEADER_FROM};
+use crate::http::{Request, Response};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeSet;
@@ -417,6 +419,145 @@ impl NonceCache {
         self.seen.insert((stamp_ms, nonce));
         Ok(())
     }
+}
+
+/// Why a request's credentials were refused (before their freshness is checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestAuthError {
+    /// No [`HEADER_AUTH`] header, or one that does not parse.
+    Missing,
+    /// A tag no key produced.
+    BadTag,
+}
+
+/// Adds [`HEADER_AUTH`] to `req`: `v1 <stamp_ms> <nonce> <tag>`, the tag made with the first
+/// key over the parts `WIRE.md` §8 lists. Set every other header and the body first.
+pub fn sign_request(keys: &Keyring, req: &mut Request, stamp_ms: u64, nonce: u128) {
+    let tag = keys.tag(
+        Domain::Request,
+        &request_parts(req, stamp_ms, nonce).as_slices(),
+    );
+    req.headers.push((
+        HEADER_AUTH.to_owned(),
+        format!("v1 {stamp_ms} {nonce:032x} {}", to_hex(&tag)),
+    ));
+}
+
+/// Checks `req`'s credentials against `keys`: its stamp (Unix ms) and nonce if its tag is
+/// valid. Freshness (the stamp's window, the nonce's first use) is the caller's to check, with
+/// a [`NonceCache`].
+pub fn verify_request(keys: &Keyring, req: &Request) -> Result<(u64, u128), RequestAuthError> {
+    let (stamp_ms, nonce, tag) = req
+        .header(HEADER_AUTH)
+        .and_then(parse_credentials)
+        .ok_or(RequestAuthError::Missing)?;
+    let parts = request_parts(req, stamp_ms, nonce);
+    if keys.verify(Domain::Request, &parts.as_slices(), &tag) {
+        Ok((stamp_ms, nonce))
+    } else {
+        Err(RequestAuthError::BadTag)
+    }
+}
+
+/// Adds [`HEADER_AUTH`] to the answer to a request that carried `nonce`: `v1 <tag>` over the
+/// nonce, the status and the body.
+pub fn sign_response(keys: &Keyring, nonce: u128, resp: &mut Response) {
+    let tag = keys.tag(Domain::Response, &response_parts(nonce, resp).as_slices());
+    resp.headers
+        .push((HEADER_AUTH.to_owned(), format!("v1 {}", to_hex(&tag))));
+}
+
+/// True if `resp` carries a valid tag for the request sent with `nonce`.
+pub fn verify_response(keys: &Keyring, nonce: u128, resp: &Response) -> bool {
+    resp.header(HEADER_AUTH)
+        .and_then(|v| v.strip_prefix("v1 "))
+        .and_then(parse_tag)
+        .is_some_and(|tag| {
+            let parts = response_parts(nonce, resp);
+            keys.verify(Domain::Response, &parts.as_slices(), &tag)
+        })
+}
+
+/// The tagged parts of a request or response, owned.
+struct Parts(Vec<Vec<u8>>);
+
+impl Parts {
+    fn as_slices(&self) -> Vec<&[u8]> {
+        self.0.iter().map(Vec::as_slice).collect()
+    }
+}
+
+/// What a request's tag covers: method, path, query pairs, the cluster and sender headers,
+/// stamp, nonce and body.
+fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
+    let mut query = Vec::new();
+    for (k, v) in &req.query {
+        for s in [k, v] {
+            query.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            query.extend_from_slice(s.as_bytes());
+        }
+    }
+    let header = |name| req.header(name).unwrap_or("").as_bytes().to_vec();
+    Parts(vec![
+        req.method.as_str().as_bytes().to_vec(),
+        req.path.as_bytes().to_vec(),
+        query,
+        header(HEADER_CLUSTER),
+        header(HEADER_FROM),
+        stamp_ms.to_be_bytes().to_vec(),
+        nonce.to_be_bytes().to_vec(),
+        req.body.to_vec(),
+    ])
+}
+
+/// What a response's tag covers: the request's nonce, the status and the body.
+fn response_parts(nonce: u128, resp: &Response) -> Parts {
+    Parts(vec![
+        nonce.to_be_bytes().to_vec(),
+        resp.status.to_be_bytes().to_vec(),
+        resp.body.to_vec(),
+    ])
+}
+
+/// Reads `v1 <stamp ms> <nonce: 32 hex> <tag: 32 hex>`.
+fn parse_credentials(value: &str) -> Option<(u64, u128, [u8; TAG_LEN])> {
+    let mut words = value.split(' ');
+    if words.next()? != "v1" {
+        return None;
+    }
+    let stamp = words.next()?;
+    let nonce = words.next()?;
+    let tag = parse_tag(words.next()?)?;
+    let digits = |s: &str, hex: bool| {
+        s.bytes().all(|b| {
+            if hex {
+                b.is_ascii_hexdigit()
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+    };
+    if words.next().is_some()
+        || nonce.len() != 32
+        || !digits(nonce, true)
+        || stamp.is_empty()
+        || stamp.len() > 20
+        || !digits(stamp, false)
+    {
+        return None;
+    }
+    Some((
+        stamp.parse().ok()?,
+        u128::from_str_radix(nonce, 16).ok()?,
+        tag,
+    ))
+}
+
+fn parse_tag(hex: &str) -> Option<[u8; TAG_LEN]> {
+    if hex.len() != TAG_LEN * 2 {
+        return None;
+    }
+    decode_hex(hex)?.try_into().ok()
 }
 
 #[cfg(test)]

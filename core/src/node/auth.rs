@@ -3,8 +3,9 @@
 //! [`Config::auth`](crate::Config::auth).
 
 use super::Node;
-use crate::auth::{AuthConfig, Domain, Freshness, NonceCache, Replay, ReplayWindow, TAG_LEN};
-use crate::exchange;
+use crate::auth::{
+    self, AuthConfig, Domain, Freshness, NonceCache, Replay, ReplayWindow, RequestAuthError,
+};
 use crate::http::{Request, Response};
 use crate::ids::MemberKey;
 use crate::wire::{self, Datagram, WireError};
@@ -23,13 +24,6 @@ pub(super) struct AuthState {
     nonces: NonceCache,
     /// The wall clock: Unix milliseconds at an instant, set by the owner.
     wall: Option<(Instant, u64)>,
-}
-
-/// A request's credentials, read from [`exchange::HEADER_AUTH`].
-struct Credentials {
-    stamp_ms: u64,
-    nonce: u128,
-    tag: [u8; TAG_LEN],
 }
 
 /// Why a served request failed authentication.
@@ -160,14 +154,7 @@ impl Node {
         let stamp_ms = self.wall_ms(now).unwrap_or(0);
         let nonce = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
         let keys = &self.config.auth.as_ref()?.keys;
-        let tag = keys.tag(
-            Domain::Request,
-            &request_parts(req, stamp_ms, nonce).as_slices(),
-        );
-        req.headers.push((
-            exchange::HEADER_AUTH.to_owned(),
-            format!("v1 {stamp_ms} {nonce:032x} {}", crate::auth::to_hex(&tag)),
-        ));
+        auth::sign_request(keys, req, stamp_ms, nonce);
         Some(nonce)
     }
 
@@ -181,34 +168,21 @@ impl Node {
         let Some(auth) = self.config.auth.as_ref() else {
             return Ok(None);
         };
-        let refusal = match req
-            .header(exchange::HEADER_AUTH)
-            .and_then(parse_credentials)
-        {
-            None => Refusal::Missing,
-            Some(c) => {
-                let parts = request_parts(req, c.stamp_ms, c.nonce);
-                if !auth
-                    .keys
-                    .verify(Domain::Request, &parts.as_slices(), &c.tag)
-                {
-                    Refusal::BadTag
-                } else {
-                    let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
-                    let capacity = auth.max_nonces;
-                    match self.wall_ms(now) {
-                        None => Refusal::NoClock,
-                        Some(wall) => {
-                            match self
-                                .auth
-                                .nonces
-                                .accept(wall, c.stamp_ms, c.nonce, skew, capacity)
-                            {
-                                Ok(()) => return Ok(Some(c.nonce)),
-                                Err(Freshness::OutsideWindow) => Refusal::Stale,
-                                Err(Freshness::Replayed) => Refusal::Replayed,
-                                Err(Freshness::Full) => Refusal::Full,
-                            }
+        let refusal = match auth::verify_request(&auth.keys, req) {
+            Err(RequestAuthError::Missing) => Refusal::Missing,
+            Err(RequestAuthError::BadTag) => Refusal::BadTag,
+            Ok((stamp_ms, nonce)) => {
+                let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+                let capacity = auth.max_nonces;
+                match self.wall_ms(now) {
+                    None => Refusal::NoClock,
+                    Some(wall) => {
+                        let nonces = &mut self.auth.nonces;
+                        match nonces.accept(wall, stamp_ms, nonce, skew, capacity) {
+                            Ok(()) => return Ok(Some(nonce)),
+                            Err(Freshness::OutsideWindow) => Refusal::Stale,
+                            Err(Freshness::Replayed) => Refusal::Replayed,
+                            Err(Freshness::Full) => Refusal::Full,
                         }
                     }
                 }
@@ -229,112 +203,21 @@ impl Node {
 
     /// Tags a response to a request that carried `nonce`.
     pub(super) fn sign_response(&self, nonce: u128, resp: &mut Response) {
-        let Some(auth) = self.auth_config() else {
-            return;
-        };
-        let tag = auth
-            .keys
-            .tag(Domain::Response, &response_parts(nonce, resp).as_slices());
-        resp.headers.push((
-            exchange::HEADER_AUTH.to_owned(),
-            format!("v1 {}", crate::auth::to_hex(&tag)),
-        ));
+        if let Some(a) = self.auth_config() {
+            auth::sign_response(&a.keys, nonce, resp);
+        }
     }
 
     /// True if `resp` may be used as the answer to the request sent with `nonce`: always
     /// without authentication, else only with a valid tag (a failure is counted).
     pub(super) fn check_response(&mut self, nonce: Option<u128>, resp: &Response) -> bool {
-        let Some(auth) = self.config.auth.as_ref() else {
+        let Some(a) = self.config.auth.as_ref() else {
             return true;
         };
-        let tag = resp
-            .header(exchange::HEADER_AUTH)
-            .and_then(|v| v.strip_prefix("v1 "))
-            .and_then(parse_tag);
-        let ok = match (nonce, tag) {
-            (Some(n), Some(tag)) => {
-                auth.keys
-                    .verify(Domain::Response, &response_parts(n, resp).as_slices(), &tag)
-            }
-            _ => false,
-        };
+        let ok = nonce.is_some_and(|n| auth::verify_response(&a.keys, n, resp));
         if !ok {
             self.stats.auth.response_bad += 1;
         }
         ok
     }
-}
-
-/// The tagged parts of a request or response, owned.
-struct Parts(Vec<Vec<u8>>);
-
-impl Parts {
-    fn as_slices(&self) -> Vec<&[u8]> {
-        self.0.iter().map(Vec::as_slice).collect()
-    }
-}
-
-/// What a request's tag covers: method, path, query pairs, the cluster and sender headers,
-/// time, nonce and body.
-fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
-    let mut query = Vec::new();
-    for (k, v) in &req.query {
-        for s in [k, v] {
-            query.extend_from_slice(&(s.len() as u64).to_be_bytes());
-            query.extend_from_slice(s.as_bytes());
-        }
-    }
-    let header = |name| req.header(name).unwrap_or("").as_bytes().to_vec();
-    Parts(vec![
-        req.method.as_str().as_bytes().to_vec(),
-        req.path.as_bytes().to_vec(),
-        query,
-        header(exchange::HEADER_CLUSTER),
-        header(exchange::HEADER_FROM),
-        stamp_ms.to_be_bytes().to_vec(),
-        nonce.to_be_bytes().to_vec(),
-        req.body.to_vec(),
-    ])
-}
-
-/// What a response's tag covers: the request's nonce, the status and the body.
-fn response_parts(nonce: u128, resp: &Response) -> Parts {
-    Parts(vec![
-        nonce.to_be_bytes().to_vec(),
-        resp.status.to_be_bytes().to_vec(),
-        resp.body.to_vec(),
-    ])
-}
-
-/// Reads `v1 <stamp ms> <nonce: 32 hex> <tag: 32 hex>`.
-fn parse_credentials(value: &str) -> Option<Credentials> {
-    let mut words = value.split(' ');
-    if words.next()? != "v1" {
-        return None;
-    }
-    let stamp = words.next()?;
-    let nonce = words.next()?;
-    let tag = parse_tag(words.next()?)?;
-    if words.next().is_some() || nonce.len() != 32 || stamp.is_empty() || stamp.len() > 20 {
-        return None;
-    }
-    if !stamp.bytes().all(|b| b.is_ascii_digit()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(Credentials {
-        stamp_ms: stamp.parse().ok()?,
-        nonce: u128::from_str_radix(nonce, 16).ok()?,
-        tag,
-    })
-}
-
-fn parse_tag(hex: &str) -> Option<[u8; TAG_LEN]> {
-    if hex.len() != TAG_LEN * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut tag = [0u8; TAG_LEN];
-    for (i, byte) in tag.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(tag)
 }

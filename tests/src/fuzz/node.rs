@@ -135,6 +135,8 @@ struct PendingRequest {
     id: RequestId,
     to: SocketAddr,
     request: Request,
+    /// The request's nonce when the cluster is authenticated (its answer is tagged with it).
+    nonce: Option<u128>,
 }
 
 /// What one run of [`node_ops`] reached (for the tests that keep the seeds meaningful).
@@ -166,20 +168,50 @@ struct Run {
     tokens: Vec<SessionToken>,
     hold_events: bool,
     cluster_header: String,
+    /// The cluster key in [`node_auth_ops`]: the harness plays peers that hold it.
+    keys: Option<Keyring>,
+    /// Counter of the harness's sealed datagrams and nonces.
+    counter: u64,
+    start: Instant,
 }
+
+/// The wall clock the node is told at the start of a run (Unix ms).
+const WALL_MS: u64 = 1_790_000_000_000;
 
 /// Drives a node with the operations the input encodes (the `op` codes of its module).
 pub fn node_ops(data: &[u8]) {
     drive(data);
 }
 
+/// [`node_ops`] in an authenticated cluster: the harness's peers hold the key, so every
+/// datagram it hands the node is sealed and every request and answer tagged (the node's own
+/// requests must verify), and the node's datagrams must open with the key.
+pub fn node_auth_ops(data: &[u8]) {
+    drive_with(data, true);
+}
+
 /// [`node_ops`], returning what the run reached.
 pub fn drive(data: &[u8]) -> Tally {
+    drive_with(data, false)
+}
+
+fn drive_with(data: &[u8], authenticated: bool) -> Tally {
     let mut inp = Input::new(data);
-    let cfg = config();
+    let mut cfg = config();
+    let keys = authenticated.then(|| {
+        Keyring::single(ClusterKey::new(vec![0x42; 32]).expect("a valid key"))
+    });
+    if let Some(k) = &keys {
+        let mut a = AuthConfig::new(k.clone());
+        a.max_nonces = 8;
+        a.max_clock_skew = Duration::from_secs(5);
+        cfg.auth = Some(a);
+    }
     let now = Instant::now();
     let identity = Identity::new(CLUSTER, SELF, 1, SocketAddr::from(([127, 0, 0, 1], 7000)));
-    let node = Node::new(cfg.clone(), identity, now, inp.u64()).expect("the fuzz config is valid");
+    let mut node =
+        Node::new(cfg.clone(), identity, now, inp.u64()).expect("the fuzz config is valid");
+    node.set_wall_clock(now, WALL_MS);
     let mut run = Run {
         tally: Tally::default(),
         cfg,
@@ -196,6 +228,9 @@ pub fn drive(data: &[u8]) -> Tally {
         tokens: Vec::new(),
         hold_events: false,
         cluster_header: ClusterId::of(CLUSTER).to_string(),
+        keys,
+        counter: 0,
+        start: now,
     };
     run.drain();
     let mut ops = 0;
@@ -222,8 +257,22 @@ impl Run {
     }
 
     fn datagram(&mut self, bytes: Bytes) {
-        self.node
-            .handle_datagram(self.now, peer_addr(0), bytes.clone());
+        let bytes = match &self.keys {
+            Some(k) => {
+                self.counter += 1;
+                wire::seal(&bytes, self.counter, k)
+            }
+            None => bytes,
+        };
+        self.node.handle_datagram(self.now, peer_addr(0), bytes);
+    }
+
+    /// `resp` tagged for the request that carried `nonce`, in an authenticated run.
+    fn tagged(&self, nonce: Option<u128>, mut resp: Response) -> Response {
+        if let (Some(k), Some(n)) = (&self.keys, nonce) {
+            auth::sign_response(k, n, &mut resp);
+        }
+        resp
     }
 
     /// One operation: its code, then its arguments as one length-prefixed chunk (so an
@@ -422,6 +471,17 @@ impl Run {
 
     /// Serves a request and checks the response is a well-formed HTTP answer.
     fn serve(&mut self, req: &Request) -> Response {
+        let mut signed;
+        let req = match &self.keys {
+            Some(k) => {
+                self.counter += 1;
+                signed = req.clone();
+                let wall = WALL_MS + (self.now - self.start).as_millis() as u64;
+                auth::sign_request(k, &mut signed, wall, u128::from(self.counter));
+                &signed
+            }
+            None => req,
+        };
         let resp = self.node.handle_http_request(self.now, req);
         if resp.status == 200 {
             self.tally.served_ok += 1;
@@ -594,7 +654,12 @@ impl Run {
             self.node.handle_http_response(self.now, id, Ok(resp));
             return;
         }
-        let PendingRequest { id, to, request } = self.pending.remove(inp.below(self.pending.len()));
+        let PendingRequest {
+            id,
+            to,
+            request,
+            nonce,
+        } = self.pending.remove(inp.below(self.pending.len()));
         let result = match mode {
             0 => Ok(self.well_formed_answer(inp, to, &request)),
             1 => Err(match inp.u8() % 4 {
@@ -615,6 +680,7 @@ impl Run {
                 Ok(resp)
             }
         };
+        let result = result.map(|r| self.tagged(nonce, r));
         self.node.handle_http_response(self.now, id, result);
     }
 
@@ -834,7 +900,10 @@ impl Run {
                         "datagram of {}",
                         d.len()
                     );
-                    let decoded = wire::decode(&d).expect("the node's datagrams decode");
+                    let decoded = match &self.keys {
+                        Some(k) => wire::open(&d, k).expect("the node's datagrams open").datagram,
+                        None => wire::decode(&d).expect("the node's datagrams decode"),
+                    };
                     assert_eq!(decoded.header.cluster, ClusterId::of(CLUSTER));
                     assert_eq!(decoded.header.sender, key);
                 }
@@ -857,10 +926,16 @@ impl Run {
                     if self.pending.len() >= KEEP_PENDING {
                         self.pending.remove(0);
                     }
+                    let nonce = self.keys.as_ref().map(|k| {
+                        auth::verify_request(k, &req)
+                            .expect("the node's requests carry valid credentials")
+                            .1
+                    });
                     self.pending.push(PendingRequest {
                         id,
                         to,
                         request: req,
+                        nonce,
                     });
                 }
             }
