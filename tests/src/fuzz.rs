@@ -15,17 +15,18 @@ pub mod seeds;
 
 pub use codecs::{datagram_decode, session_decode, state_dump_decode};
 pub use http::{http_request, http_response};
-pub use node::{Tally, config as node_config, drive as drive_node, node_ops};
+pub use node::{Tally, config as node_config, drive as drive_node, node_auth_ops, node_ops};
 pub use receiver::receiver_ops;
 
 /// A target's function: a panic is a finding.
 pub type Target = fn(&[u8]);
 
 /// Every target by name, in the order of `fuzz/Cargo.toml`.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("datagram_decode", datagram_decode),
     ("receiver_ops", receiver_ops),
     ("node_ops", node_ops),
+    ("node_auth_ops", node_auth_ops),
     ("http_request", http_request),
     ("http_response", http_response),
     ("state_dump_decode", state_dump_decode),

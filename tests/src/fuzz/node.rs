@@ -12,6 +12,7 @@
 
 use super::input::{Input, Script};
 use bytes::Bytes;
+use hybridcast_core::auth;
 use hybridcast_core::codec;
 use hybridcast_core::exchange::{
     self, Announcement, ClaimReply, ClusterDump, DumpEntry, LogRange, NamingChange, ProbeReply,
@@ -23,8 +24,8 @@ use hybridcast_core::ids::{Channel, ClusterId, MemberKey, RequestId};
 use hybridcast_core::session::{Change, MAX_EPOCH};
 use hybridcast_core::wire::{self, FragmentPacker, Header, Heartbeat};
 use hybridcast_core::{
-    Config, Event, Identity, LogicalRef, Node, RequestFailure, SessionId, SessionState,
-    SessionToken, Strategy, Transmit, Value,
+    AuthConfig, ClusterKey, Config, Event, Identity, Keyring, LogicalRef, Node, RequestFailure,
+    SessionId, SessionState, SessionToken, Strategy, Transmit, Value,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -198,9 +199,8 @@ pub fn drive(data: &[u8]) -> Tally {
 fn drive_with(data: &[u8], authenticated: bool) -> Tally {
     let mut inp = Input::new(data);
     let mut cfg = config();
-    let keys = authenticated.then(|| {
-        Keyring::single(ClusterKey::new(vec![0x42; 32]).expect("a valid key"))
-    });
+    let keys = authenticated
+        .then(|| Keyring::single(ClusterKey::new(vec![0x42; 32]).expect("a valid key")));
     if let Some(k) = &keys {
         let mut a = AuthConfig::new(k.clone());
         a.max_nonces = 8;
@@ -901,7 +901,11 @@ impl Run {
                         d.len()
                     );
                     let decoded = match &self.keys {
-                        Some(k) => wire::open(&d, k).expect("the node's datagrams open").datagram,
+                        Some(k) => {
+                            wire::open(&d, k)
+                                .expect("the node's datagrams open")
+                                .datagram
+                        }
                         None => wire::decode(&d).expect("the node's datagrams decode"),
                     };
                     assert_eq!(decoded.header.cluster, ClusterId::of(CLUSTER));
@@ -1234,9 +1238,26 @@ mod tests {
     use super::*;
 
     fn seed(name: &str) -> Tally {
+        seed_with(name, false)
+    }
+
+    fn seed_with(name: &str, authenticated: bool) -> Tally {
         let all = seeds();
         let (_, data) = all.iter().find(|(n, _)| n == name).expect("seed exists");
-        drive(data)
+        drive_with(data, authenticated)
+    }
+
+    #[test]
+    fn seeds_reach_the_protocol_in_an_authenticated_cluster_too() {
+        let t = seed_with("join_and_messages", true);
+        assert!(t.joined && t.member_joined >= 2, "{t:?}");
+        assert!(t.messages >= 1 && t.bound >= 2, "{t:?}");
+        let t = seed_with("log_loss_and_recovery", true);
+        assert!(t.joined && t.messages >= 2 && t.requests >= 2, "{t:?}");
+        let t = seed_with("serve_gets", true);
+        assert!(t.served_ok >= 5, "{t:?}");
+        let t = seed_with("sessions", true);
+        assert!(t.session_events >= 1 && t.served_ok >= 2, "{t:?}");
     }
 
     #[test]

@@ -333,10 +333,11 @@ fn http_responses() -> Vec<(String, Vec<u8>)> {
 
 /// Every seed: `(target, file name, bytes)`.
 pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
-    let sets: [(&'static str, Named); 7] = [
+    let sets: [(&'static str, Named); 8] = [
         ("datagram_decode", datagrams()),
         ("receiver_ops", receiver::seeds()),
         ("node_ops", node::seeds()),
+        ("node_auth_ops", node::seeds()),
         ("http_request", http_requests()),
         ("http_response", http_responses()),
         ("state_dump_decode", bodies()),
