@@ -377,6 +377,9 @@ pub enum Freshness {
 #[derive(Debug, Clone, Default)]
 pub struct NonceCache {
     seen: BTreeSet<(u64, u128)>,
+    /// The latest wall-clock time seen: nonces are forgotten against it and stamps older than
+    /// the window below it refused, so a clock set back never lets a forgotten nonce in again.
+    high_water: u64,
 }
 
 impl NonceCache {
@@ -401,11 +404,14 @@ impl NonceCache {
         skew_ms: u64,
         capacity: usize,
     ) -> Result<(), Freshness> {
-        if stamp_ms.abs_diff(wall_ms) > skew_ms {
+        self.high_water = self.high_water.max(wall_ms);
+        if stamp_ms.abs_diff(wall_ms) > skew_ms
+            || stamp_ms.saturating_add(skew_ms) < self.high_water
+        {
             return Err(Freshness::OutsideWindow);
         }
         while let Some(&(stamp, _)) = self.seen.first() {
-            if stamp.saturating_add(skew_ms) >= wall_ms {
+            if stamp.saturating_add(skew_ms) >= self.high_water {
                 break;
             }
             self.seen.pop_first();
@@ -430,9 +436,14 @@ pub enum RequestAuthError {
     BadTag,
 }
 
-/// Adds [`HEADER_AUTH`] to `req`: `v1 <stamp_ms> <nonce> <tag>`, the tag made with the first
-/// key over the parts `WIRE.md` §8 lists. Set every other header and the body first.
-pub fn sign_request(keys: &Keyring, req: &mut Request, stamp_ms: u64, nonce: u128) {
+/// Adds [`HEADER_AUTH`] to `req`, a request for the member serving at `host` (its HTTP
+/// address as it advertises it, which is also what the request's `host` header carries):
+/// `v1 <stamp_ms> <nonce> <tag>`, the tag made with the first key over the parts `WIRE.md` §8
+/// lists. It also sets the `host` header (`Request::encode` writes the same). Set every other
+/// header and the body first.
+pub fn sign_request(keys: &Keyring, req: &mut Request, host: &str, stamp_ms: u64, nonce: u128) {
+    req.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+    req.headers.push(("host".to_owned(), host.to_owned()));
     let tag = keys.tag(
         Domain::Request,
         &request_parts(req, stamp_ms, nonce).as_slices(),
@@ -487,8 +498,8 @@ impl Parts {
     }
 }
 
-/// What a request's tag covers: method, path, query pairs, the cluster and sender headers,
-/// stamp, nonce and body.
+/// What a request's tag covers: method, path, query pairs, the host (the member it is for), the
+/// cluster and sender headers, stamp, nonce and body.
 fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
     let mut query = Vec::new();
     for (k, v) in &req.query {
@@ -502,6 +513,7 @@ fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
         req.method.as_str().as_bytes().to_vec(),
         req.path.as_bytes().to_vec(),
         query,
+        header("host"),
         header(HEADER_CLUSTER),
         header(HEADER_FROM),
         stamp_ms.to_be_bytes().to_vec(),
@@ -668,6 +680,13 @@ mod tests {
             c.accept(10_600, 9_500, 1, skew, 2),
             Err(Freshness::OutsideWindow),
             "the forgotten nonce is refused by its stamp"
+        );
+        // The clock is set back by 800 ms: the stamp of the forgotten nonce is within the
+        // skew of the new time, but below the window of the newest time seen.
+        assert_eq!(
+            c.accept(9_800, 9_500, 1, skew, 2),
+            Err(Freshness::OutsideWindow),
+            "a clock set back does not let a forgotten nonce in"
         );
     }
 }

@@ -50,6 +50,10 @@ pub struct AuthDrops {
     pub datagram_untagged: u64,
     /// Datagrams whose tag no key produced (forged, corrupted, or another cluster's key).
     pub datagram_bad_tag: u64,
+    /// Datagrams stamped further than `max_clock_skew` from this node's clock (or received
+    /// before the owner set the wall clock): replays of old traffic, or a sender whose clock
+    /// is off.
+    pub datagram_stale: u64,
     /// Datagrams refused as replays: a counter already accepted or older than the window, or
     /// an incarnation older than one already authenticated.
     pub datagram_replayed: u64,
@@ -57,6 +61,9 @@ pub struct AuthDrops {
     pub request_untagged: u64,
     /// Requests whose tag no key produced (401).
     pub request_bad_tag: u64,
+    /// Requests made out for another member (their tagged `host` is not this member's
+    /// address): a request captured on its way to one member and replayed to another (401).
+    pub request_misdirected: u64,
     /// Requests stamped further than `max_clock_skew` from this node's clock (401).
     pub request_stale: u64,
     /// Requests whose nonce was already used (401).

@@ -31,8 +31,8 @@ pub const MAX_SEQ: u64 = 1 << 62;
 /// Most per-channel sequence entries one heartbeat may carry.
 pub const MAX_HEARTBEAT_CHANNELS: usize = 16;
 /// Bytes an authenticated datagram carries after its body: the sender's datagram counter
-/// (u64) and the tag ([`auth::TAG_LEN`]).
-pub const AUTH_TRAILER_LEN: usize = 8 + auth::TAG_LEN;
+/// (u64), its wall-clock stamp (u64, Unix ms) and the tag ([`auth::TAG_LEN`]).
+pub const AUTH_TRAILER_LEN: usize = 16 + auth::TAG_LEN;
 
 /// What a datagram carries, from its header's kind byte (see `WIRE.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -440,18 +440,21 @@ pub struct Opened {
     pub datagram: Datagram,
     /// The sender's datagram counter (from 1 per incarnation), for replay checks.
     pub counter: u64,
+    /// The sender's wall clock when it sent it (Unix ms), for replay checks.
+    pub stamp_ms: u64,
 }
 
 /// Adds the authentication trailer to an encoded datagram: sets the header's auth flag, then
-/// appends `counter` and the tag of everything before the tag under the keyring's first key.
-/// The result is [`AUTH_TRAILER_LEN`] bytes longer than `datagram`.
-pub fn seal(datagram: &[u8], counter: u64, keys: &Keyring) -> Bytes {
+/// appends `counter`, `stamp_ms` and the tag of everything before the tag under the keyring's
+/// first key. The result is [`AUTH_TRAILER_LEN`] bytes longer than `datagram`.
+pub fn seal(datagram: &[u8], counter: u64, stamp_ms: u64, keys: &Keyring) -> Bytes {
     let mut out = Vec::with_capacity(datagram.len() + AUTH_TRAILER_LEN);
     out.extend_from_slice(datagram);
     if let Some(flags) = out.get_mut(6) {
         *flags |= FLAG_AUTH_TAG;
     }
     out.put_u64(counter);
+    out.put_u64(stamp_ms);
     let tag = keys.tag(Domain::Datagram, &[&out]);
     out.extend_from_slice(&tag);
     Bytes::from(out)
@@ -468,18 +471,22 @@ pub fn open(buf: &Bytes, keys: &Keyring) -> Result<Opened, WireError> {
     let Some(tag_at) = buf.len().checked_sub(auth::TAG_LEN) else {
         return Err(WireError::Truncated);
     };
-    if tag_at < HEADER_LEN + 8 {
+    let Some(body_end) = tag_at.checked_sub(16).filter(|&e| e >= HEADER_LEN) else {
         return Err(WireError::Truncated);
-    }
+    };
     if !keys.verify(Domain::Datagram, &[&buf[..tag_at]], &buf[tag_at..]) {
         return Err(WireError::BadTag);
     }
-    let mut c = [0u8; 8];
-    c.copy_from_slice(&buf[tag_at - 8..tag_at]);
-    let datagram = decode_body(&buf.slice(..tag_at - 8), header, kind)?;
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&buf[at..at + 8]);
+        u64::from_be_bytes(w)
+    };
+    let datagram = decode_body(&buf.slice(..body_end), header, kind)?;
     Ok(Opened {
         datagram,
-        counter: u64::from_be_bytes(c),
+        counter: word(body_end),
+        stamp_ms: word(body_end + 8),
     })
 }
 
@@ -733,10 +740,10 @@ mod tests {
     #[test]
     fn sealed_datagrams_open_with_the_key_and_nothing_else() {
         let plain = encode_heartbeat(&header(), &heartbeat());
-        let sealed = seal(&plain, 77, &keys(1));
+        let sealed = seal(&plain, 77, 1_234, &keys(1));
         assert_eq!(sealed.len(), plain.len() + AUTH_TRAILER_LEN);
         let opened = open(&sealed, &keys(1)).expect("opens");
-        assert_eq!(opened.counter, 77);
+        assert_eq!((opened.counter, opened.stamp_ms), (77, 1_234));
         assert_eq!(opened.datagram, decode(&plain).expect("plain"));
         assert_eq!(open(&sealed, &keys(2)), Err(WireError::BadTag));
         assert_eq!(open(&plain, &keys(1)), Err(WireError::Unauthenticated));
@@ -745,9 +752,9 @@ mod tests {
             Err(WireError::UnsupportedFlags(FLAG_AUTH_TAG))
         );
         // Too short to carry a counter and a tag.
-        let stub = seal(&encode_leave(&header()), 1, &keys(1));
+        let stub = seal(&encode_leave(&header()), 1, 1, &keys(1));
         assert_eq!(
-            open(&stub.slice(..HEADER_LEN + 20), &keys(1)),
+            open(&stub.slice(..HEADER_LEN + 28), &keys(1)),
             Err(WireError::Truncated)
         );
         let rotated = Keyring::new(vec![
@@ -762,7 +769,7 @@ mod tests {
     fn any_changed_bit_of_a_sealed_datagram_is_refused() {
         let mut p = FragmentPacker::new(&header(), 1400);
         assert!(p.push(Channel::Log, 3, 0, 1, 5, b"hello"));
-        let sealed = seal(&p.finish(), 9, &keys(3));
+        let sealed = seal(&p.finish(), 9, 5, &keys(3));
         fn prop(sealed: Bytes, at: usize, bit: u8) -> bool {
             let mut v = sealed.to_vec();
             let at = at % v.len();

@@ -167,6 +167,20 @@ fn replayed_datagrams_are_refused_and_cannot_revive_a_failed_member() {
     c.run_for(secs(0.5));
     assert_eq!(state(&c), Some(MemberState::Failed));
     assert_eq!(c.nodes[b].node.registry().pool("orders").count(), 0);
+    // A member that starts later, when the recordings are older than the skew, refuses them by
+    // their stamps (it has no window for `a` to refuse them by).
+    c.run_for(secs(31.0));
+    let late = c.add("web/9");
+    let stale_before = c.nodes[late].node.stats().auth.datagram_stale;
+    for d in &recorded {
+        c.inject(late, from, d.clone());
+    }
+    let s = c.nodes[late].node.stats();
+    assert_eq!(s.auth.datagram_stale - stale_before, recorded.len() as u64);
+    assert!(
+        c.nodes[late].node.member(key_a).is_none(),
+        "a stays unknown"
+    );
     // A forged datagram (one byte changed) is refused for its tag.
     let mut forged = recorded[0].to_vec();
     forged[40] ^= 1;
@@ -341,20 +355,39 @@ fn requests_need_fresh_unreplayed_credentials_and_answers_need_theirs() {
 
 #[test]
 fn clocks_apart_beyond_the_skew_or_unset_refuse_requests() {
-    // b's clock runs a minute ahead of a's: outside the 30 s window.
-    let mut p = Pair::new(with_keys(vec![key(9)]), Some(WALL_CLOCK_AT_START + 60_000));
-    let (_, _, req) = p.dump_request();
+    let wall = Some(WALL_CLOCK_AT_START);
+    // b's clock is set a minute ahead (after the two heard each other): outside the 30 s
+    // window, for its requests and its datagrams alike.
+    let mut p = Pair::new(with_keys(vec![key(9)]), wall);
+    let (mut a, _, req) = p.dump_request();
+    let at =
+        |p: &Pair, ahead: u64| WALL_CLOCK_AT_START + (p.now - p.start).as_millis() as u64 + ahead;
+    let ahead = at(&p, 60_000);
+    p.b.set_wall_clock(p.now, ahead);
     assert_eq!(p.b.handle_http_request(p.now, &req).status, 401);
     assert_eq!(p.b.stats().auth.request_stale, 1);
+    p.now += secs(0.3);
+    p.b.handle_timeout(p.now);
+    let stale = a.stats().auth.datagram_stale;
+    for d in group(&mut p.b) {
+        a.handle_datagram(p.now, B_ADDR.parse().expect("addr"), d);
+    }
+    assert!(
+        a.stats().auth.datagram_stale > stale,
+        "b's datagrams are stale to a"
+    );
     // 20 s ahead is within it.
-    let mut p = Pair::new(with_keys(vec![key(9)]), Some(WALL_CLOCK_AT_START + 20_000));
+    let mut p = Pair::new(with_keys(vec![key(9)]), wall);
     let (_, _, req) = p.dump_request();
+    let ahead = at(&p, 20_000);
+    p.b.set_wall_clock(p.now, ahead);
     assert_eq!(p.b.handle_http_request(p.now, &req).status, 200);
-    // No wall clock at all: 503, and counted.
-    let mut p = Pair::new(with_keys(vec![key(9)]), None);
+    // A member never told the wall clock: 503, and counted.
+    let mut p = Pair::new(with_keys(vec![key(9)]), wall);
     let (_, _, req) = p.dump_request();
-    assert_eq!(p.b.handle_http_request(p.now, &req).status, 503);
-    assert_eq!(p.b.stats().auth.request_no_clock, 1);
+    let mut clockless = node("web/1", B_ADDR, with_keys(vec![key(9)]), p.now, None, 9);
+    assert_eq!(clockless.handle_http_request(p.now, &req).status, 503);
+    assert_eq!(clockless.stats().auth.request_no_clock, 1);
 }
 
 #[test]
@@ -423,4 +456,33 @@ fn auth_settings_are_validated_and_keys_never_shown() {
         with_keys(vec![ClusterKey::new(*b"0123456789abcdefXYZ").expect("k")])
     );
     assert!(!shown.contains("0123456789"), "{shown}");
+}
+
+/// From review: a request captured on its way to one member used to be accepted by every other
+/// member holding the key (their nonce caches are their own), and its answer taken as the
+/// first member's. The tag now covers the member it is for.
+#[test]
+fn a_request_for_one_member_is_refused_by_another() {
+    let mut p = Pair::new(with_keys(vec![key(9)]), Some(WALL_CLOCK_AT_START));
+    let (_, _, req) = p.dump_request();
+    assert_eq!(req.header("host"), Some(B_ADDR));
+    let wall = Some(WALL_CLOCK_AT_START);
+    let mut c = node(
+        "web/3",
+        "127.0.0.1:7004",
+        with_keys(vec![key(9)]),
+        p.now,
+        wall,
+        4,
+    );
+    assert_eq!(c.handle_http_request(p.now, &req).status, 401);
+    assert_eq!(c.stats().auth.request_misdirected, 1);
+    // Rewriting the host to the other member breaks the tag.
+    let mut moved = req.clone();
+    moved.headers.retain(|(n, _)| n != "host");
+    moved.headers.push(("host".into(), "127.0.0.1:7004".into()));
+    assert_eq!(c.handle_http_request(p.now, &moved).status, 401);
+    assert_eq!(c.stats().auth.request_bad_tag, 1);
+    // The member it was for takes it.
+    assert_eq!(p.b.handle_http_request(p.now, &req).status, 200);
 }

@@ -301,9 +301,11 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     for (reason, v) in [
         ("datagram_untagged", a.datagram_untagged),
         ("datagram_bad_tag", a.datagram_bad_tag),
+        ("datagram_stale", a.datagram_stale),
         ("datagram_replayed", a.datagram_replayed),
         ("request_untagged", a.request_untagged),
         ("request_bad_tag", a.request_bad_tag),
+        ("request_misdirected", a.request_misdirected),
         ("request_stale", a.request_stale),
         ("request_replayed", a.request_replayed),
         ("request_nonces_full", a.request_nonces_full),

@@ -280,6 +280,10 @@ impl Driver {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         let now = self.last_now;
+        // Follow the system clock's corrections (NTP steps, a suspend): authenticated traffic
+        // carries wall-clock stamps.
+        self.node
+            .set_wall_clock(now, hybridcast_runtime::unix_millis());
         self.node.handle_timeout(now);
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| c.deadline <= now) {

@@ -25,6 +25,6 @@ pub use driver::Driver;
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
     DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, keys,
-    serve::MAX_REQUEST_BODY, socket,
+    serve::MAX_REQUEST_BODY, socket, unix_millis,
 };
 pub use spawn::{COMMAND_QUEUE, EVENT_QUEUE, NodeHandle, Stopped, spawn};

@@ -158,10 +158,11 @@ fn an_authenticated_cluster_shrugs_off_forged_untagged_replayed_and_truncated_da
         }
         for c in 0..200u64 {
             let counter = round * 1_000 + c + 1;
-            send(&wire::seal(&forged_hb, counter, &wrong)); // the wrong key
+            let stamp = hybridcast_mio::unix_millis();
+            send(&wire::seal(&forged_hb, counter, stamp, &wrong)); // the wrong key
             send(&forged_hb); // untagged
             let claim = fragment(&fake_h, c + 1, u32::MAX, u32::MAX / 1_343 + 1, 0, 1_343);
-            send(&wire::seal(&claim, counter, &wrong)); // 4 GiB, wrong key
+            send(&wire::seal(&claim, counter, stamp, &wrong)); // 4 GiB, wrong key
             send(&vec![0x42; 60_000]); // oversized garbage
             sent += 4;
         }

@@ -172,6 +172,10 @@ impl Driver {
                 Wake::Timer => {}
             }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                // Follow the system clock's corrections (NTP steps, a suspend): authenticated
+                // traffic carries wall-clock stamps.
+                self.node
+                    .set_wall_clock(now, hybridcast_runtime::unix_millis());
                 self.node.handle_timeout(now);
             }
             self.client.expire(now);

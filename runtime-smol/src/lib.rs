@@ -33,7 +33,7 @@ mod http;
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
     DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, keys,
-    serve::MAX_REQUEST_BODY,
+    serve::MAX_REQUEST_BODY, unix_millis,
 };
 
 use bytes::Bytes;

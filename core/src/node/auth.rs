@@ -11,6 +11,7 @@ use crate::ids::MemberKey;
 use crate::wire::{self, Datagram, WireError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Per-node authentication state.
@@ -18,10 +19,12 @@ use std::time::Instant;
 pub(super) struct AuthState {
     /// Counter of the last datagram sealed (from 1 per incarnation).
     counter: u64,
-    /// Datagram counters accepted per sender.
-    windows: BTreeMap<MemberKey, ReplayWindow>,
+    /// Datagram counters accepted per sender, with the newest stamp accepted from it.
+    windows: BTreeMap<MemberKey, (ReplayWindow, u64)>,
     /// Nonces of requests served recently.
     nonces: NonceCache,
+    /// The latest `now` an input brought: what datagrams sent after it are stamped with.
+    last_now: Option<Instant>,
     /// The wall clock: Unix milliseconds at an instant, set by the owner.
     wall: Option<(Instant, u64)>,
 }
@@ -30,6 +33,7 @@ pub(super) struct AuthState {
 enum Refusal {
     Missing,
     BadTag,
+    Misdirected,
     Stale,
     Replayed,
     Full,
@@ -49,6 +53,11 @@ impl Node {
         self.auth.wall = Some((now, unix_ms));
     }
 
+    /// Notes the time of an input: datagrams sent after it carry its wall-clock time.
+    pub(super) fn note_time(&mut self, now: Instant) {
+        self.auth.last_now = Some(now);
+    }
+
     fn wall_ms(&self, now: Instant) -> Option<u64> {
         let (at, ms) = self.auth.wall?;
         let since = now.saturating_duration_since(at).as_millis();
@@ -66,12 +75,19 @@ impl Node {
             return datagram;
         };
         self.auth.counter += 1;
-        wire::seal(&datagram, self.auth.counter, &auth.keys)
+        let stamp = self
+            .auth
+            .last_now
+            .and_then(|now| self.wall_ms(now))
+            .unwrap_or(0);
+        wire::seal(&datagram, self.auth.counter, stamp, &auth.keys)
     }
 
     /// Decodes a received datagram; with authentication on, checks its tag and refuses a
-    /// replay. Refusals are counted; `None` means dropped.
-    pub(super) fn open_datagram(&mut self, datagram: &Bytes) -> Option<Datagram> {
+    /// replay: a stamp further than `max_clock_skew` from this node's clock, a counter already
+    /// accepted or older than the window, an older incarnation. Refusals are counted; `None`
+    /// means dropped.
+    pub(super) fn open_datagram(&mut self, now: Instant, datagram: &Bytes) -> Option<Datagram> {
         let Some(auth) = self.config.auth.as_ref() else {
             return match wire::decode(datagram) {
                 Ok(d) => Some(d),
@@ -96,15 +112,28 @@ impl Node {
                 return None;
             }
         };
+        let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
         let h = opened.datagram.header;
         let ours = h.sender == self.key && h.incarnation == self.identity.incarnation;
         if h.cluster == self.cluster && !ours {
+            let fresh = self
+                .wall_ms(now)
+                .is_some_and(|wall| opened.stamp_ms.abs_diff(wall) <= skew);
+            if !fresh {
+                self.stats.auth.datagram_stale += 1;
+                return None;
+            }
             let accepted = match self.auth.windows.get_mut(&h.sender) {
-                Some(w) => w.accept(h.incarnation, opened.counter),
+                Some((w, newest)) => {
+                    let r = w.accept(h.incarnation, opened.counter);
+                    if r.is_ok() {
+                        *newest = (*newest).max(opened.stamp_ms);
+                    }
+                    r
+                }
                 None => {
-                    self.auth
-                        .windows
-                        .insert(h.sender, ReplayWindow::new(h.incarnation, opened.counter));
+                    let w = ReplayWindow::new(h.incarnation, opened.counter);
+                    self.auth.windows.insert(h.sender, (w, opened.stamp_ms));
                     Ok(())
                 }
             };
@@ -116,15 +145,17 @@ impl Node {
         Some(opened.datagram)
     }
 
-    /// Forgets the replay windows of senders no longer in the member table, once there are
-    /// more than twice `max_members` of them (a departed member's window outlives its
-    /// tombstone for a while, so its old datagrams stay refused).
-    pub(super) fn prune_replay_windows(&mut self) {
-        let limit = self.config.max_members.saturating_mul(2);
-        if self.auth.windows.len() > limit {
-            let members = &self.members;
-            self.auth.windows.retain(|k, _| members.contains_key(k));
-        }
+    /// Forgets the replay window of a sender gone from the member table once its newest
+    /// datagram is older than the skew: anything recorded from it is then refused by its stamp.
+    pub(super) fn prune_replay_windows(&mut self, now: Instant) {
+        let (Some(auth), Some(wall)) = (self.config.auth.as_ref(), self.wall_ms(now)) else {
+            return;
+        };
+        let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let members = &self.members;
+        self.auth.windows.retain(|k, (_, newest)| {
+            members.contains_key(k) || newest.saturating_add(skew) >= wall
+        });
     }
 
     /// A fresh session id. With authentication it is a keyed hash of this member, its
@@ -149,12 +180,17 @@ impl Node {
     }
 
     /// Adds credentials to a request about to be sent; returns its nonce.
-    pub(super) fn sign_request(&mut self, now: Instant, req: &mut Request) -> Option<u128> {
+    pub(super) fn sign_request(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        req: &mut Request,
+    ) -> Option<u128> {
         self.auth_config()?;
         let stamp_ms = self.wall_ms(now).unwrap_or(0);
         let nonce = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
         let keys = &self.config.auth.as_ref()?.keys;
-        auth::sign_request(keys, req, stamp_ms, nonce);
+        auth::sign_request(keys, req, &to.to_string(), stamp_ms, nonce);
         Some(nonce)
     }
 
@@ -171,6 +207,9 @@ impl Node {
         let refusal = match auth::verify_request(&auth.keys, req) {
             Err(RequestAuthError::Missing) => Refusal::Missing,
             Err(RequestAuthError::BadTag) => Refusal::BadTag,
+            Ok(_) if req.header("host") != Some(&self.identity.http_addr.to_string()) => {
+                Refusal::Misdirected
+            }
             Ok((stamp_ms, nonce)) => {
                 let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
                 let capacity = auth.max_nonces;
@@ -192,6 +231,11 @@ impl Node {
         let (status, reason, counter) = match refusal {
             Refusal::Missing => (401, "authentication required", &mut a.request_untagged),
             Refusal::BadTag => (401, "bad authentication tag", &mut a.request_bad_tag),
+            Refusal::Misdirected => (
+                401,
+                "request for another member",
+                &mut a.request_misdirected,
+            ),
             Refusal::Stale => (401, "request time outside the window", &mut a.request_stale),
             Refusal::Replayed => (401, "replayed request", &mut a.request_replayed),
             Refusal::Full => (503, "too many recent requests", &mut a.request_nonces_full),

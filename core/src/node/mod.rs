@@ -577,6 +577,7 @@ impl Node {
     /// Handles one group datagram. Malformed, foreign and stale datagrams are dropped and
     /// counted in [`Stats::drops`]; nothing here can fail.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        self.note_time(now);
         self.on_datagram(now, from, datagram);
         self.sessions_settle(now);
     }
@@ -588,7 +589,7 @@ impl Node {
             return;
         }
         self.resume_parked();
-        let Some(d) = self.open_datagram(&datagram) else {
+        let Some(d) = self.open_datagram(now, &datagram) else {
             return;
         };
         if d.header.cluster != self.cluster {
@@ -613,6 +614,7 @@ impl Node {
     /// Fires whatever timers are due at `now`: heartbeats, join steps, request timeouts,
     /// suspicion and probes, recovery requests. Calling it early is a no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.note_time(now);
         if self.left {
             return;
         }
@@ -653,7 +655,7 @@ impl Node {
         let ttl = self.config.tombstone_ttl;
         self.members
             .retain(|_, m| m.state.is_live() || m.departed_at.is_none_or(|d| d + ttl > now));
-        self.prune_replay_windows();
+        self.prune_replay_windows(now);
         let joined = self.is_joined();
         let keys: Vec<MemberKey> = self.members.keys().copied().collect();
         for key in keys {

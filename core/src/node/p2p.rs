@@ -41,6 +41,7 @@ impl Node {
     /// path, 405 wrong method, 410 after leaving, 507 answer larger than `http.max_body_bytes`,
     /// 500 answer that could not be encoded).
     pub fn handle_http_request(&mut self, now: Instant, request: &Request) -> Response {
+        self.note_time(now);
         let r = match self.check_request(now, request) {
             Ok(nonce) => {
                 let mut r = self.serve(now, request);
@@ -222,7 +223,7 @@ impl Node {
         ));
         req.headers
             .push((exchange::HEADER_FROM.to_owned(), self.identity.name.clone()));
-        let nonce = self.sign_request(now, &mut req);
+        let nonce = self.sign_request(now, to, &mut req);
         let request = Bytes::from(req.encode(&to.to_string()));
         self.out.push_back(Transmit::Request { id, to, request });
         self.requests.insert(
@@ -334,6 +335,7 @@ impl Node {
         id: RequestId,
         response: Result<Response, RequestFailure>,
     ) {
+        self.note_time(now);
         if self.left {
             return;
         }

@@ -260,7 +260,8 @@ impl Run {
         let bytes = match &self.keys {
             Some(k) => {
                 self.counter += 1;
-                wire::seal(&bytes, self.counter, k)
+                let wall = WALL_MS + (self.now - self.start).as_millis() as u64;
+                wire::seal(&bytes, self.counter, wall, k)
             }
             None => bytes,
         };
@@ -477,7 +478,8 @@ impl Run {
                 self.counter += 1;
                 signed = req.clone();
                 let wall = WALL_MS + (self.now - self.start).as_millis() as u64;
-                auth::sign_request(k, &mut signed, wall, u128::from(self.counter));
+                let host = self.node.identity().http_addr.to_string();
+                auth::sign_request(k, &mut signed, &host, wall, u128::from(self.counter));
                 &signed
             }
             None => req,
