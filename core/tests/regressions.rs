@@ -872,3 +872,44 @@ fn a_released_cache_waits_for_the_owner_in_order_and_loses_nothing() {
     );
     assert_eq!(n.stats().events_dropped, 0);
 }
+
+/// From review: log messages waiting for a slow owner were dropped without a Gap if their
+/// sender left (or failed, or restarted) before the owner drained. They are delivered: they
+/// name their incarnation, and had the owner kept up it would have had them.
+#[test]
+fn waiting_messages_of_a_member_that_leaves_are_still_delivered() {
+    let config = Config {
+        max_queued_events: 5,
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut n = node(t0, 1, config);
+    let t = t0 + Duration::from_secs(4);
+    n.handle_timeout(t);
+    assert!(n.is_joined());
+    drain(&mut n);
+    let h = header("web/2", 3);
+    n.handle_datagram(
+        t,
+        addr(2),
+        wire::encode_heartbeat(&h, &heartbeat("web/2", 7002, 0, 0)),
+    );
+    while n.poll_event().is_some() {}
+    // Messages 2..=40 are cached behind a gap; 1 releases them all at once.
+    for seq in (2..=40).chain([1]) {
+        let p = published(format!("m{seq}"));
+        n.handle_datagram(
+            t,
+            addr(2),
+            fragment(&h, Channel::Log, seq, 0, 1, p.len() as u32, &p),
+        );
+    }
+    assert!(n.stats().events_queued <= 6);
+    // The sender leaves before the owner drains anything.
+    n.handle_datagram(t, addr(2), wire::encode_leave(&h));
+    let events: Vec<Event> = std::iter::from_fn(|| n.poll_event()).collect();
+    let (got, gaps) = seqs(&events);
+    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    assert_eq!(gaps, 0);
+    assert!(events.iter().any(|e| matches!(e, Event::MemberLeft { .. })));
+}

@@ -1269,9 +1269,11 @@ impl Node {
             || self.queued_bytes >= self.config.max_queued_event_bytes
     }
 
-    /// Applies parked deliveries, in order, while the event queue has room. Those of a member
-    /// that departed or restarted since are dropped: its offers were withdrawn, and its new
-    /// incarnation starts its own sequences.
+    /// Applies parked deliveries, in order, while the event queue has room. A member's log
+    /// messages are delivered even if it departed or restarted since (they name their
+    /// incarnation, and they would have been delivered had the owner kept up); its waiting
+    /// announcements are dropped then (its offers were withdrawn, and a readmission brings a
+    /// fresh snapshot).
     fn resume_parked(&mut self) {
         while !self.queue_full() {
             let Some((member, incarnation, channel, deliveries)) = self.parked.pop_front() else {
@@ -1281,8 +1283,16 @@ impl Node {
                 .members
                 .get(&member)
                 .is_some_and(|m| m.incarnation == incarnation && m.state.is_live());
-            if current {
+            if current || channel == Channel::Log {
+                let before = self.parked.len();
                 self.deliver(member, incarnation, channel, deliveries);
+                if self.parked.len() > before {
+                    // What did not fit goes back to the front: it comes before anything
+                    // parked after it.
+                    if let Some(rest) = self.parked.pop_back() {
+                        self.parked.push_front(rest);
+                    }
+                }
             }
         }
     }

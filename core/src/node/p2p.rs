@@ -644,6 +644,10 @@ impl Node {
         }
         self.cached_total = self.cached_total + m.budget.bytes - held;
         if let Some(o) = offers {
+            // The dump's state supersedes announcements still waiting for the owner: applied
+            // after it they would undo part of it.
+            self.parked
+                .retain(|(k, _, c, _)| !(*k == key && *c == Channel::State));
             self.replace_offers(key, o);
         }
         self.deliver(key, inc, Channel::State, state_deliveries);
