@@ -34,8 +34,13 @@ enum Command {
     /// Start a cluster on loopback, lose packets, crash a member, join a new one, and exit 0
     /// once every view agrees.
     Demo(DemoArgs),
-    /// Print a fresh random cluster key in key-file format (`hybridcast keygen > cluster.key`).
-    Keygen,
+    /// Make a fresh random cluster key in key-file format: into a new file readable by its
+    /// owner only (`--out cluster.key`), or on standard output.
+    Keygen {
+        /// Create this file (it must not exist yet) with mode 0600 and write the key there.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -117,7 +122,7 @@ fn main() -> ExitCode {
         Command::Node(a) => node(a),
         Command::Status { url } => status(&url),
         Command::Demo(a) => demo(a),
-        Command::Keygen => keygen(),
+        Command::Keygen { out } => keygen(out),
     };
     match result {
         Ok(code) => code,
@@ -146,6 +151,11 @@ fn node(a: NodeArgs) -> Result<ExitCode, String> {
         Some(path) => Some(keys::read_key_file(path).map_err(|e| e.to_string())?),
         None => keys::keys_from_env().map_err(|e| e.to_string())?,
     };
+    if keys.is_some() && a.insecure {
+        tracing::warn!(
+            "--insecure ignored: a cluster key was given, the member runs authenticated"
+        );
+    }
     match keys {
         Some(keys) => cfg.core.auth = Some(AuthConfig::new(keys)),
         None if a.insecure => {
@@ -188,8 +198,22 @@ fn node(a: NodeArgs) -> Result<ExitCode, String> {
     }
 }
 
-fn keygen() -> Result<ExitCode, String> {
-    print!("{}", keys::new_key_file_text().map_err(|e| e.to_string())?);
+fn keygen(out: Option<PathBuf>) -> Result<ExitCode, String> {
+    let text = keys::new_key_file_text().map_err(|e| e.to_string())?;
+    let Some(path) = out else {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("wrote a new cluster key to {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
