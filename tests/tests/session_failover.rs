@@ -1,9 +1,10 @@
 //! A user session survives the death of its primary's process, across runtimes: the primary
 //! is a separate process (a mio member, `session_primary`) that is killed with SIGKILL; the
-//! survivors are a mio and two smol members in this process. Real loopback sockets.
+//! survivors are a mio and two smol members in this process. Real loopback sockets, and an
+//! authenticated cluster: the helper reads the key from `HYBRIDCAST_CLUSTER_KEYS`.
 
 use hybridcast_mio::core::session::pool;
-use hybridcast_mio::core::{Config, MemberKey, SessionToken, Value};
+use hybridcast_mio::core::{AuthConfig, Config, Keyring, MemberKey, SessionToken, Value};
 use hybridcast_mio::{NodeHandle, Resumed, RuntimeConfig, spawn};
 use hybridcast_smol::Node;
 use std::io::{BufRead, BufReader};
@@ -16,6 +17,8 @@ const HELPER: &str = env!("CARGO_BIN_EXE_session_primary");
 const CLUSTER: &str = "failover-test";
 const PORT: u16 = 47_511;
 const CART: [(&str, u32); 3] = [("p-4", 10), ("p-17", 20), ("p-31", 30)];
+/// The cluster key, as the helper's environment carries it.
+const KEY_HEX: &str = "6b6579206f6620746865206661696c6f7665722074657374206b6579732121";
 
 fn config(name: &str) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(CLUSTER, name);
@@ -24,6 +27,9 @@ fn config(name: &str) -> RuntimeConfig {
     c.core = Config {
         heartbeat_interval: Duration::from_millis(100),
         request_timeout: Duration::from_secs(2),
+        auth: Some(AuthConfig::new(
+            Keyring::parse(KEY_HEX).expect("the test key"),
+        )),
         ..Config::default()
     };
     c
@@ -48,6 +54,7 @@ fn a_session_survives_the_kill_of_its_primary_process() {
         let mut helper = Killed(
             Command::new(HELPER)
                 .args([CLUSTER, &PORT.to_string(), "primary", "3"])
+                .env(hybridcast_mio::keys::KEYS_ENV, KEY_HEX)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()

@@ -44,6 +44,9 @@ fn run() -> Result<(), String> {
         request_timeout: Duration::from_secs(2),
         ..Config::default()
     };
+    // The test's cluster key, if it gives one.
+    let keys = hybridcast_mio::keys::keys_from_env().map_err(|e| e.to_string())?;
+    c.core.auth = keys.map(hybridcast_mio::core::AuthConfig::new);
     let h = spawn(c).map_err(|e| e.to_string())?;
     let until = |what: &str, mut done: Box<dyn FnMut() -> bool + '_>| {
         let end = Instant::now() + Duration::from_secs(30);
