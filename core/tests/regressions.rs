@@ -874,8 +874,9 @@ fn a_released_cache_waits_for_the_owner_in_order_and_loses_nothing() {
 }
 
 /// From review: log messages waiting for a slow owner were dropped without a Gap if their
-/// sender left (or failed, or restarted) before the owner drained. They are delivered: they
-/// name their incarnation, and had the owner kept up it would have had them.
+/// sender left (or failed, or restarted) before the owner drained. They are delivered, before
+/// the news of the departure (delivering them after it was what schedule seed
+/// 18263006321300634764 caught): had the owner kept up it would have had them then.
 #[test]
 fn waiting_messages_of_a_member_that_leaves_are_still_delivered() {
     let config = Config {
@@ -911,5 +912,13 @@ fn waiting_messages_of_a_member_that_leaves_are_still_delivered() {
     let (got, gaps) = seqs(&events);
     assert_eq!(got, (1..=40).collect::<Vec<_>>());
     assert_eq!(gaps, 0);
-    assert!(events.iter().any(|e| matches!(e, Event::MemberLeft { .. })));
+    let left = events
+        .iter()
+        .position(|e| matches!(e, Event::MemberLeft { .. }))
+        .expect("the departure is reported");
+    let last_message = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Message { .. }))
+        .expect("messages");
+    assert!(last_message < left, "a message after the departure");
 }

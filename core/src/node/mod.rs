@@ -939,6 +939,7 @@ impl Node {
             .members
             .get(&key)
             .map(|m| (m.incarnation, m.state.is_live()));
+        self.settle_parked(key);
         self.replace_member(now, key, name, incarnation, http_addr);
         match (old, self.members.get(&key)) {
             (Some((old_incarnation, true)), Some(m)) => {
@@ -961,6 +962,7 @@ impl Node {
         incarnation: u64,
         http_addr: SocketAddr,
     ) {
+        self.settle_parked(key);
         self.remove_offers(key);
         self.selector.release(key);
         self.sessions.membership_changed();
@@ -996,6 +998,10 @@ impl Node {
         if !m.state.is_live() {
             return;
         }
+        self.settle_parked(key);
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
         self.cached_total -= m.budget.bytes;
         m.depart(state, now);
         self.sessions.membership_changed();
@@ -1086,9 +1092,21 @@ impl Node {
         channel: Channel,
         deliveries: impl IntoIterator<Item = Delivery>,
     ) {
+        self.deliver_with(member, incarnation, channel, deliveries, false);
+    }
+
+    /// [`Node::deliver`]; `force` delivers everything whatever the queue holds.
+    fn deliver_with(
+        &mut self,
+        member: MemberKey,
+        incarnation: u64,
+        channel: Channel,
+        deliveries: impl IntoIterator<Item = Delivery>,
+        force: bool,
+    ) {
         let mut deliveries = deliveries.into_iter();
         while let Some(d) = deliveries.next() {
-            if self.queue_full() {
+            if !force && self.queue_full() {
                 // The owner is behind: the rest waits, in order, for room (one message's
                 // events may overshoot the limits, never more).
                 let rest: VecDeque<Delivery> = std::iter::once(d).chain(deliveries).collect();
@@ -1269,30 +1287,39 @@ impl Node {
             || self.queued_bytes >= self.config.max_queued_event_bytes
     }
 
-    /// Applies parked deliveries, in order, while the event queue has room. A member's log
-    /// messages are delivered even if it departed or restarted since (they name their
-    /// incarnation, and they would have been delivered had the owner kept up); its waiting
-    /// announcements are dropped then (its offers were withdrawn, and a readmission brings a
-    /// fresh snapshot).
+    /// Applies parked deliveries, in order, while the event queue has room.
     fn resume_parked(&mut self) {
         while !self.queue_full() {
             let Some((member, incarnation, channel, deliveries)) = self.parked.pop_front() else {
                 return;
             };
-            let current = self
-                .members
-                .get(&member)
-                .is_some_and(|m| m.incarnation == incarnation && m.state.is_live());
-            if current || channel == Channel::Log {
-                let before = self.parked.len();
-                self.deliver(member, incarnation, channel, deliveries);
-                if self.parked.len() > before {
-                    // What did not fit goes back to the front: it comes before anything
-                    // parked after it.
-                    if let Some(rest) = self.parked.pop_back() {
-                        self.parked.push_front(rest);
-                    }
+            let before = self.parked.len();
+            self.deliver(member, incarnation, channel, deliveries);
+            if self.parked.len() > before {
+                // What did not fit goes back to the front: it comes before anything parked
+                // after it.
+                if let Some(rest) = self.parked.pop_back() {
+                    self.parked.push_front(rest);
                 }
+            }
+        }
+    }
+
+    /// Before `key` departs or is replaced: its waiting log messages are delivered now, past
+    /// the queue's limits (they came before the news, and would have been delivered had the
+    /// owner kept up; what waits is bounded by what one input released); its waiting
+    /// announcements are dropped (its offers go with it, and a readmission brings a fresh
+    /// snapshot).
+    fn settle_parked(&mut self, key: MemberKey) {
+        if self.parked.iter().all(|(k, ..)| *k != key) {
+            return;
+        }
+        let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+            self.parked.drain(..).partition(|(k, ..)| *k == key);
+        self.parked = rest;
+        for (member, incarnation, channel, deliveries) in mine {
+            if channel == Channel::Log {
+                self.deliver_with(member, incarnation, channel, deliveries, true);
             }
         }
     }
