@@ -862,3 +862,37 @@ fn hostile_states_of_many_pools_are_refused() {
     );
     assert_eq!(c.nodes[0].node.stats().sessions_replica, 1);
 }
+
+/// Found as property seed 15117233496429973172 (a #6 leftover): a member that joined alone,
+/// having heard nobody during its discovery under loss, knew none of the members a token
+/// names, found no one to ask, and reported a served session `Expired(Lost)`. It now waits a
+/// while for members it has never heard of before calling a session lost.
+#[test]
+fn a_member_that_joined_alone_waits_for_the_token_s_members() {
+    let mut c = cluster(3, 31, test_config());
+    let token = session_with_cart(&mut c, 3);
+    let lonely = c.add("web/9");
+    for i in 0..3 {
+        c.partitions.push((lonely, i));
+    }
+    c.run_for(Duration::from_secs(1));
+    assert!(c.nodes[lonely].node.is_joined());
+    assert_eq!(c.nodes[lonely].node.members().count(), 0, "joined alone");
+    c.partitions.clear();
+    assert_eq!(resume(&mut c, lonely, token), Resume::Pending);
+    c.run_for(Duration::from_secs(3));
+    assert_eq!(
+        expiries(&c, lonely, token.id),
+        vec![],
+        "{:?}",
+        c.events(lonely)
+    );
+    let f = failovers(&c, lonely, token.id);
+    assert_eq!(f.len(), 1, "{:?}", c.events(lonely));
+    let owners = c
+        .nodes
+        .iter()
+        .filter(|n| n.up && n.node.session(token.id).is_some())
+        .count();
+    assert_eq!(owners, 1);
+}

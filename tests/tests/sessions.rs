@@ -845,8 +845,9 @@ fn check_session_cases(cases: u64) {
 /// suspected), 14445808328863306676 (a holder that had just restarted handed its copy over
 /// while the owner lived) and 14298027189794209322 (a secondary that had not heard of its
 /// primary's restart promoted beside it) and 7360890862733360279 (a restarted secondary that
-/// did not know its primary yet promoted beside it) failed before their fixes; each runs here
-/// too.
+/// did not know its primary yet promoted beside it) and 15117233496429973172 (a member that had
+/// joined alone under loss reported a served session lost) failed before their fixes; each
+/// runs here too.
 #[test]
 fn generated_session_mixes_keep_one_owner_and_every_acknowledged_commit() {
     for seed in [
@@ -856,6 +857,7 @@ fn generated_session_mixes_keep_one_owner_and_every_acknowledged_commit() {
         14445808328863306676,
         14298027189794209322,
         7360890862733360279,
+        15117233496429973172,
     ] {
         session_case(seed);
     }

@@ -168,6 +168,9 @@ struct Resuming {
     retry_at: Option<Instant>,
     backoff: Duration,
     timed_out: bool,
+    /// The members that may hold the session are all unknown here (never heard of: this
+    /// member joined without hearing them, under loss): looking waits for them until then.
+    unknown_until: Option<Instant>,
 }
 
 impl Resuming {
@@ -437,6 +440,7 @@ impl Node {
                 retry_at: None,
                 backoff: self.config.recovery_backoff_initial,
                 timed_out: self.sessions.tombs.get(&id) == Some(&Tomb::TimedOut),
+                unknown_until: None,
             },
         );
         if !self.is_joined() {
@@ -503,6 +507,25 @@ impl Node {
             for &k in &order {
                 if askable(self, k) && alive(self, k) == pass_alive && !candidates.contains(&k) {
                     candidates.push_back(k);
+                }
+            }
+        }
+        if candidates.is_empty() && !has_local {
+            // Members this one has never heard of may be alive all the same (it joined alone,
+            // hearing nobody under loss): wait a while for their heartbeats before calling the
+            // session lost.
+            let unknown = order
+                .iter()
+                .any(|k| *k != self.key && !self.members.contains_key(k));
+            let wait = self.config.discovery() + self.config.suspect_timeout();
+            let interval = self.config.heartbeat_interval;
+            if let Some(r) = self.sessions.resuming.get_mut(&id) {
+                let until = *r.unknown_until.get_or_insert(now + wait);
+                if unknown && now < until && !r.timed_out {
+                    let at = (now + interval).min(until);
+                    r.retry_at = Some(at);
+                    self.sessions.claim_retries.insert((at, id));
+                    return Resume::Pending;
                 }
             }
         }
@@ -762,9 +785,18 @@ impl Node {
                 .sessions
                 .resuming
                 .get(&id)
-                .is_some_and(|r| r.retry_at == Some(at));
-            if due {
-                self.next_claim(now, id);
+                .filter(|r| r.retry_at == Some(at))
+                .map(|r| r.started);
+            match due {
+                Some(true) => self.next_claim(now, id),
+                Some(false) => {
+                    // Waiting for members it had never heard of: look again.
+                    if let Some(r) = self.sessions.resuming.get_mut(&id) {
+                        r.retry_at = None;
+                    }
+                    self.start_claims(now, id);
+                }
+                None => {}
             }
         }
         while let Some(&(at, id)) = self.sessions.retries.first() {
