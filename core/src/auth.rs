@@ -285,6 +285,11 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// `max_clock_skew` in milliseconds, as stamps are compared.
+    pub fn skew_ms(&self) -> u64 {
+        u64::try_from(self.max_clock_skew.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Authentication with `keys` and the default window and nonce bound.
     pub fn new(keys: Keyring) -> AuthConfig {
         AuthConfig {
@@ -444,10 +449,9 @@ pub enum RequestAuthError {
 pub fn sign_request(keys: &Keyring, req: &mut Request, host: &str, stamp_ms: u64, nonce: u128) {
     req.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
     req.headers.push(("host".to_owned(), host.to_owned()));
-    let tag = keys.tag(
-        Domain::Request,
-        &request_parts(req, stamp_ms, nonce).as_slices(),
-    );
+    let tag = with_request_parts(req, stamp_ms, nonce, |parts| {
+        keys.tag(Domain::Request, parts)
+    });
     req.headers.push((
         HEADER_AUTH.to_owned(),
         format!("v1 {stamp_ms} {nonce:032x} {}", to_hex(&tag)),
@@ -462,8 +466,10 @@ pub fn verify_request(keys: &Keyring, req: &Request) -> Result<(u64, u128), Requ
         .header(HEADER_AUTH)
         .and_then(parse_credentials)
         .ok_or(RequestAuthError::Missing)?;
-    let parts = request_parts(req, stamp_ms, nonce);
-    if keys.verify(Domain::Request, &parts.as_slices(), &tag) {
+    let valid = with_request_parts(req, stamp_ms, nonce, |parts| {
+        keys.verify(Domain::Request, parts, &tag)
+    });
+    if valid {
         Ok((stamp_ms, nonce))
     } else {
         Err(RequestAuthError::BadTag)
@@ -473,7 +479,7 @@ pub fn verify_request(keys: &Keyring, req: &Request) -> Result<(u64, u128), Requ
 /// Adds [`HEADER_AUTH`] to the answer to a request that carried `nonce`: `v1 <tag>` over the
 /// nonce, the status and the body.
 pub fn sign_response(keys: &Keyring, nonce: u128, resp: &mut Response) {
-    let tag = keys.tag(Domain::Response, &response_parts(nonce, resp).as_slices());
+    let tag = with_response_parts(nonce, resp, |parts| keys.tag(Domain::Response, parts));
     resp.headers
         .push((HEADER_AUTH.to_owned(), format!("v1 {}", to_hex(&tag))));
 }
@@ -484,23 +490,21 @@ pub fn verify_response(keys: &Keyring, nonce: u128, resp: &Response) -> bool {
         .and_then(|v| v.strip_prefix("v1 "))
         .and_then(parse_tag)
         .is_some_and(|tag| {
-            let parts = response_parts(nonce, resp);
-            keys.verify(Domain::Response, &parts.as_slices(), &tag)
+            with_response_parts(nonce, resp, |parts| {
+                keys.verify(Domain::Response, parts, &tag)
+            })
         })
 }
 
-/// The tagged parts of a request or response, owned.
-struct Parts(Vec<Vec<u8>>);
-
-impl Parts {
-    fn as_slices(&self) -> Vec<&[u8]> {
-        self.0.iter().map(Vec::as_slice).collect()
-    }
-}
-
-/// What a request's tag covers: method, path, query pairs, the host (the member it is for), the
-/// cluster and sender headers, stamp, nonce and body.
-fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
+/// Calls `f` with the parts a request's tag covers: method, path, query pairs, the host (the
+/// member it is for), the cluster and sender headers, stamp, nonce and body. The body and
+/// headers are borrowed, not copied.
+fn with_request_parts<R>(
+    req: &Request,
+    stamp_ms: u64,
+    nonce: u128,
+    f: impl FnOnce(&[&[u8]]) -> R,
+) -> R {
     let mut query = Vec::new();
     for (k, v) in &req.query {
         for s in [k, v] {
@@ -508,27 +512,24 @@ fn request_parts(req: &Request, stamp_ms: u64, nonce: u128) -> Parts {
             query.extend_from_slice(s.as_bytes());
         }
     }
-    let header = |name| req.header(name).unwrap_or("").as_bytes().to_vec();
-    Parts(vec![
-        req.method.as_str().as_bytes().to_vec(),
-        req.path.as_bytes().to_vec(),
-        query,
+    let header = |name| req.header(name).unwrap_or("").as_bytes();
+    f(&[
+        req.method.as_str().as_bytes(),
+        req.path.as_bytes(),
+        &query,
         header("host"),
         header(HEADER_CLUSTER),
         header(HEADER_FROM),
-        stamp_ms.to_be_bytes().to_vec(),
-        nonce.to_be_bytes().to_vec(),
-        req.body.to_vec(),
+        &stamp_ms.to_be_bytes(),
+        &nonce.to_be_bytes(),
+        &req.body,
     ])
 }
 
-/// What a response's tag covers: the request's nonce, the status and the body.
-fn response_parts(nonce: u128, resp: &Response) -> Parts {
-    Parts(vec![
-        nonce.to_be_bytes().to_vec(),
-        resp.status.to_be_bytes().to_vec(),
-        resp.body.to_vec(),
-    ])
+/// Calls `f` with the parts a response's tag covers: the request's nonce, the status and the
+/// body (borrowed).
+fn with_response_parts<R>(nonce: u128, resp: &Response, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    f(&[&nonce.to_be_bytes(), &resp.status.to_be_bytes(), &resp.body])
 }
 
 /// Reads `v1 <stamp ms> <nonce: 32 hex> <tag: 32 hex>`.

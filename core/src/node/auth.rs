@@ -8,7 +8,7 @@ use crate::auth::{
 };
 use crate::http::{Request, Response};
 use crate::ids::MemberKey;
-use crate::wire::{self, Datagram, WireError};
+use crate::wire::{self, Datagram};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,30 +89,14 @@ impl Node {
     /// means dropped.
     pub(super) fn open_datagram(&mut self, now: Instant, datagram: &Bytes) -> Option<Datagram> {
         let Some(auth) = self.config.auth.as_ref() else {
-            return match wire::decode(datagram) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    self.count_wire_error(e);
-                    None
-                }
-            };
+            return wire::decode(datagram)
+                .map_err(|e| self.count_wire_error(e))
+                .ok();
         };
-        let opened = match wire::open(datagram, &auth.keys) {
-            Ok(o) => o,
-            Err(WireError::Unauthenticated) => {
-                self.stats.auth.datagram_untagged += 1;
-                return None;
-            }
-            Err(WireError::BadTag) => {
-                self.stats.auth.datagram_bad_tag += 1;
-                return None;
-            }
-            Err(e) => {
-                self.count_wire_error(e);
-                return None;
-            }
-        };
-        let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let skew = auth.skew_ms();
+        let opened = wire::open(datagram, &auth.keys)
+            .map_err(|e| self.count_wire_error(e))
+            .ok()?;
         let h = opened.datagram.header;
         let ours = h.sender == self.key && h.incarnation == self.identity.incarnation;
         if h.cluster == self.cluster && !ours {
@@ -151,7 +135,7 @@ impl Node {
         let (Some(auth), Some(wall)) = (self.config.auth.as_ref(), self.wall_ms(now)) else {
             return;
         };
-        let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let skew = auth.skew_ms();
         let members = &self.members;
         self.auth.windows.retain(|k, (_, newest)| {
             members.contains_key(k) || newest.saturating_add(skew) >= wall
@@ -211,7 +195,7 @@ impl Node {
                 Refusal::Misdirected
             }
             Ok((stamp_ms, nonce)) => {
-                let skew = u64::try_from(auth.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+                let skew = auth.skew_ms();
                 let capacity = auth.max_nonces;
                 match self.wall_ms(now) {
                     None => Refusal::NoClock,

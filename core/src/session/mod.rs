@@ -274,12 +274,12 @@ impl SessionState {
         }
     }
 
-    /// True if a state taken from a peer is one this node could have built itself: no empty
-    /// pool, every pool name non-empty and every pool name and key at most `max_name_len` bytes.
+    /// True if a state taken from a peer is one this node could have built itself: every pool
+    /// name non-empty and every pool name and key at most `max_name_len` bytes. (A state with
+    /// an empty pool never decodes.)
     pub(crate) fn is_valid(&self, max_name_len: usize) -> bool {
         self.pools.iter().all(|(pool, entries)| {
-            !entries.is_empty()
-                && names_valid(pool, "", max_name_len)
+            names_valid(pool, "", max_name_len)
                 && entries.keys().all(|key| key.len() <= max_name_len)
         })
     }

@@ -129,13 +129,7 @@ impl Cluster {
 
     /// Starts a node called `name` (incarnation derived from the virtual time) and returns its index.
     pub fn add(&mut self, name: &str) -> usize {
-        let idx = self.nodes.len();
-        let addr: SocketAddr = format!("127.0.0.{}:{}", 1 + idx % 200, 7000 + idx)
-            .parse()
-            .expect("addr");
-        let node = self.make_node(name, addr, 0, self.config.clone());
-        self.nodes.push(node);
-        idx
+        self.add_with(name, self.config.clone())
     }
 
     /// Starts a node called `name` with its own `config` (a different key, say).
@@ -176,11 +170,8 @@ impl Cluster {
 
     /// Restart a crashed (or running) node with a new incarnation, same name and address.
     pub fn restart(&mut self, i: usize) {
-        let name = self.nodes[i].node.identity().name.clone();
-        let addr = self.nodes[i].addr;
-        let old = self.nodes[i].node.identity().incarnation;
         let config = self.nodes[i].node.config().clone();
-        self.nodes[i] = self.make_node(&name, addr, old, config);
+        self.restart_with(i, config);
     }
 
     /// Restarts node `i` (new incarnation, same name and address) with `config`.
