@@ -53,6 +53,8 @@ pub enum Domain {
     Response = 3,
     /// A session id drawn by a member (not sent as a tag: the tag *is* the id).
     SessionId = 4,
+    /// A member's registration with a hub, over the hub's challenge ([`crate::hub`]).
+    HubHello = 5,
 }
 
 /// A key or key list that cannot be used. Never contains key material.

@@ -17,6 +17,8 @@
 //! - [`auth`]: cluster keys, tags and replay windows (authenticated traffic).
 //! - [`wire`]: the datagram codec (the only code that knows the datagram layout).
 //! - [`http`]: HTTP/1.1 framing for point-to-point exchanges, pure over bytes.
+//! - [`hub`]: hub mode, the message server and a member's link to it, where multicast is not
+//!   available.
 //! - [`exchange`]: the paths and bincode bodies of those exchanges and of sequenced messages.
 //! - [`codec`]: the bounded bincode wrapper.
 //! - [`naming`]: the replicated registry of offers and smart-stub selection.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod event;
 pub mod exchange;
 pub mod http;
+pub mod hub;
 pub mod ids;
 pub mod membership;
 pub mod naming;

@@ -112,6 +112,9 @@ pub struct Stats {
     pub dumps_served: u64,
     /// Probes sent.
     pub probes_sent: u64,
+    /// Departure notices taken from a transport (hub mode) about a live member: each starts
+    /// a probe at once.
+    pub departure_notices: u64,
     /// Point-to-point requests answered with an error status.
     pub http_errors: u64,
     /// Responses that arrived for a request no longer waited for.

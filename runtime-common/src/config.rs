@@ -2,12 +2,26 @@
 //! bounds, beside the core's [`Config`].
 
 use hybridcast_core::Config;
+use hybridcast_core::hub::LinkConfig;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 /// The default multicast group: administratively scoped (239.255.0.0/16, RFC 2365), so it
 /// never leaves the site.
 pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 72, 67), 45_892);
+
+/// How a member's group datagrams travel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// UDP multicast to [`RuntimeConfig::group`] on [`RuntimeConfig::interface`] (the
+    /// default).
+    #[default]
+    Multicast,
+    /// Through a hub (`hybridcast hub`) over one TCP connection, where IP multicast is not
+    /// routed (clouds, many data centres). No multicast socket is opened; `group`,
+    /// `interface` and `ttl` are unused. Point-to-point requests still go member to member.
+    Hub(LinkConfig),
+}
 
 /// Everything a runtime member needs, whichever runtime runs it.
 ///
@@ -28,6 +42,8 @@ pub struct RuntimeConfig {
     /// Host id (members on one host share it); `None` uses the `HOSTNAME` variable or the
     /// interface address.
     pub host_id: Option<String>,
+    /// How group datagrams travel: multicast (default) or through a hub.
+    pub transport: Transport,
     /// Multicast group and port.
     pub group: SocketAddrV4,
     /// Interface to join the group on and send from. Default loopback: a cluster across
@@ -80,6 +96,7 @@ impl RuntimeConfig {
             clone: None,
             incarnation: None,
             host_id: None,
+            transport: Transport::Multicast,
             group: DEFAULT_GROUP,
             interface: Ipv4Addr::LOCALHOST,
             ttl: 1,
@@ -122,13 +139,25 @@ impl RuntimeConfig {
         if self.request_read_timeout.is_zero() {
             return bad("request_read_timeout", "must be positive".into());
         }
-        let leaves_host = !self.interface.is_loopback() || !self.http.ip().is_loopback();
+        let (group_path, group_local) = match &self.transport {
+            Transport::Multicast => (
+                format!("interface {}", self.interface),
+                self.interface.is_loopback(),
+            ),
+            Transport::Hub(link) => {
+                link.validate().map_err(|e| crate::Error::Config {
+                    field: "transport",
+                    reason: e.to_string(),
+                })?;
+                (format!("hub {}", link.hub), link.hub.ip().is_loopback())
+            }
+        };
+        let leaves_host = !group_local || !self.http.ip().is_loopback();
         if leaves_host && self.core.auth.is_none() && !self.allow_unauthenticated {
             return bad(
                 "core.auth",
                 format!(
-                    "no cluster key, and traffic leaves this host (interface {}, HTTP {}): give a key (a key file, or the {} variable) or allow unauthenticated traffic explicitly",
-                    self.interface,
+                    "no cluster key, and traffic leaves this host ({group_path}, HTTP {}): give a key (a key file, or the {} variable) or allow unauthenticated traffic explicitly",
                     self.http.ip(),
                     crate::keys::KEYS_ENV
                 ),
@@ -166,6 +195,21 @@ mod tests {
         let key = ClusterKey::new(vec![1; 16]).expect("key");
         lan.core.auth = Some(AuthConfig::new(Keyring::single(key)));
         assert!(lan.validate().is_ok());
+    }
+
+    #[test]
+    fn a_hub_off_this_host_needs_a_key_and_bad_link_settings_are_named() {
+        let mut c = RuntimeConfig::new("c", "m");
+        c.transport = Transport::Hub(LinkConfig::new("127.0.0.1:7000".parse().expect("addr")));
+        assert!(c.validate().is_ok(), "a hub on loopback needs no key");
+        c.transport = Transport::Hub(LinkConfig::new("10.1.2.3:7000".parse().expect("addr")));
+        let e = c.validate().expect_err("a remote hub without a key");
+        assert!(e.to_string().contains("hub 10.1.2.3:7000"), "{e}");
+        let mut link = LinkConfig::new("127.0.0.1:7000".parse().expect("addr"));
+        link.backoff_min = Duration::ZERO;
+        c.transport = Transport::Hub(link);
+        let e = c.validate().expect_err("bad backoff");
+        assert!(e.to_string().contains("backoff_min"), "{e}");
     }
 
     #[test]

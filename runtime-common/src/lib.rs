@@ -24,7 +24,7 @@ pub mod serve;
 pub mod sessions;
 pub mod socket;
 
-pub use config::{DEFAULT_GROUP, RuntimeConfig};
+pub use config::{DEFAULT_GROUP, RuntimeConfig, Transport};
 pub use group::{MAX_PENDING_SENDS, SendQueue};
 pub use hybridcast_core as core;
 pub use sessions::{ResumeWaiters, Resumed};

@@ -400,6 +400,37 @@ impl Node {
             .quarantine(member, now + self.config.provider_quarantine, now);
     }
 
+    /// A transport learned that `member`, at `incarnation`, lost its connection: in hub mode,
+    /// the hub's announcement that the member's connection ended ([`crate::hub::LinkEvent`]).
+    ///
+    /// The member is suspected at once and probed point to point; only a failed probe declares
+    /// it failed, exactly as after missed heartbeats. A member that merely lost its hub
+    /// connection (and still answers) stays alive. Notices about another incarnation, an
+    /// unknown member or this node itself are ignored.
+    pub fn handle_departure_notice(&mut self, now: Instant, member: MemberKey, incarnation: u64) {
+        self.note_time(now);
+        if self.left || member == self.key {
+            return;
+        }
+        let Some(m) = self.members.get_mut(&member) else {
+            return;
+        };
+        if m.incarnation != incarnation || !m.state.is_live() {
+            return;
+        }
+        self.stats.departure_notices += 1;
+        let probing = m.probe.is_some();
+        if m.state == MemberState::Alive {
+            m.state = MemberState::Suspect;
+            let peer = peer_of(m);
+            self.push_event(Event::MemberSuspect { peer });
+        }
+        if !probing {
+            self.start_probe(now, member);
+        }
+        self.sessions_settle(now);
+    }
+
     // ----- commands -----
 
     /// Offers `name` with `value` (replacing a previous value). Announced at the end of the tick.
