@@ -30,6 +30,7 @@ pub use hybridcast_core as core;
 pub use sessions::{ResumeWaiters, Resumed};
 
 use endpoints::WhoAmI;
+use hybridcast_core::hub::HubLink;
 use hybridcast_core::ids::{Rng, stable_hash};
 use hybridcast_core::{Identity, Node};
 use std::io;
@@ -137,8 +138,10 @@ impl RuntimeStats {
 pub struct Prepared {
     /// The core state machine.
     pub node: Node,
-    /// The multicast socket, joined to the group.
-    pub udp: UdpSocket,
+    /// The multicast socket, joined to the group; `None` in hub mode.
+    pub udp: Option<UdpSocket>,
+    /// The link to the hub in hub mode ([`Transport::Hub`]); `None` with multicast.
+    pub link: Option<HubLink>,
     /// The HTTP listener.
     pub listener: TcpListener,
     /// Who the member is, for `/hybridcast/v1/whoami`.
@@ -165,8 +168,13 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     if http_addr.ip().is_unspecified() {
         http_addr.set_ip(IpAddr::V4(cfg.interface));
     }
-    let udp = socket::multicast(cfg.group, cfg.interface, cfg.ttl)
-        .map_err(Error::io("joining the multicast group"))?;
+    let udp = match cfg.transport {
+        Transport::Multicast => Some(
+            socket::multicast(cfg.group, cfg.interface, cfg.ttl)
+                .map_err(Error::io("joining the multicast group"))?,
+        ),
+        Transport::Hub(_) => None,
+    };
     let incarnation = *cfg.incarnation.get_or_insert_with(|| unix_millis().max(1));
     let mut identity = Identity::new(&cfg.cluster, &cfg.name, incarnation, http_addr);
     identity.host_id = cfg
@@ -198,14 +206,31 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     let mut node = Node::new(cfg.core.clone(), identity, now, seed)?;
     // Authenticated requests carry wall-clock time; the node derives it from `now` from here on.
     node.set_wall_clock(now, unix_millis());
+    let link = match &cfg.transport {
+        Transport::Multicast => None,
+        Transport::Hub(link) => Some(
+            HubLink::for_node(link.clone(), &node, now, seed ^ 0x4855_4221).map_err(|e| {
+                Error::Config {
+                    field: "transport",
+                    reason: e.to_string(),
+                }
+            })?,
+        ),
+    };
     Ok(Prepared {
         node,
         udp,
+        link,
         listener,
         whoami,
         drops: ReceiveDrops::new(cfg.receive_drop_rate, seed),
         config: cfg,
     })
+}
+
+/// 64 bits from the operating system's random source, `None` if it failed.
+pub fn random_seed() -> Option<u64> {
+    getrandom::u64().ok()
 }
 
 /// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it).

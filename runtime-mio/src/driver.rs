@@ -4,6 +4,7 @@
 use crate::conn::{Conn, Expiry, ReadEnd, Role};
 use bytes::Bytes;
 use hybridcast_core::http::{self, HttpLimits};
+use hybridcast_core::hub::{HubLink, LinkAction, LinkEvent, LinkStats};
 use hybridcast_core::{
     CommandError, Event, Node, RequestFailure, RequestId, Resume, SessionError, SessionId,
     SessionInfo, SessionState, SessionToken, Stats, Transmit, Value,
@@ -13,14 +14,26 @@ use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQ
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Datagrams received (or connections accepted) per wake-up before yielding to the loop.
 const BATCH: usize = 256;
-/// Tokens used besides connections: the UDP socket and the listener.
-const FIXED_TOKENS: usize = 2;
+/// Tokens used besides connections: the UDP socket, the listener and the hub connection.
+const FIXED_TOKENS: usize = 3;
+/// Reads of the hub connection per wake-up before yielding to the loop.
+const HUB_READ_BATCH: usize = 16;
+
+/// Hub mode: the link and its connection.
+struct HubConn {
+    link: HubLink,
+    stream: Option<TcpStream>,
+    /// The connection is being opened (not yet writable).
+    connecting: bool,
+    /// Bytes were left unread at the end of a batch.
+    more: bool,
+}
 
 /// A member driven by its owner's mio event loop.
 ///
@@ -31,7 +44,8 @@ const FIXED_TOKENS: usize = 2;
 /// `poll_timeout` returns an instant already due. Time (`now`) must never go backwards.
 pub struct Driver {
     node: Node,
-    udp: UdpSocket,
+    udp: Option<UdpSocket>,
+    hub: Option<HubConn>,
     group: SocketAddr,
     listener: TcpListener,
     registry: Option<Registry>,
@@ -64,7 +78,13 @@ impl Driver {
         let now = Instant::now();
         let p = hybridcast_runtime::prepare(cfg, now)?;
         Ok(Driver {
-            udp: UdpSocket::from_std(p.udp),
+            udp: p.udp.map(UdpSocket::from_std),
+            hub: p.link.map(|link| HubConn {
+                link,
+                stream: None,
+                connecting: false,
+                more: false,
+            }),
             group: p.config.group.into(),
             listener: TcpListener::from_std(p.listener),
             registry: None,
@@ -107,7 +127,9 @@ impl Driver {
     pub fn register(&mut self, registry: &Registry, base: Token) -> io::Result<()> {
         self.base = base.0;
         let both = Interest::READABLE | Interest::WRITABLE;
-        registry.register(&mut self.udp, base, both)?;
+        if let Some(udp) = &mut self.udp {
+            registry.register(udp, base, both)?;
+        }
         registry.register(&mut self.listener, Token(base.0 + 1), Interest::READABLE)?;
         self.registry = Some(registry.try_clone()?);
         self.pump(self.last_now);
@@ -129,6 +151,16 @@ impl Driver {
     /// The runtime's counters.
     pub fn driver_stats(&self) -> &RuntimeStats {
         &self.stats
+    }
+
+    /// The hub link's counters in hub mode.
+    pub fn hub_stats(&self) -> Option<LinkStats> {
+        self.hub.as_ref().map(|h| h.link.stats())
+    }
+
+    /// In hub mode, whether the hub has accepted this member's registration.
+    pub fn hub_registered(&self) -> bool {
+        self.hub.as_ref().is_some_and(|h| h.link.is_registered())
     }
 
     /// Where this member serves HTTP.
@@ -229,10 +261,15 @@ impl Driver {
         self.last_now
     }
 
-    /// Leaves the cluster gracefully: the Leave datagram is sent at once.
+    /// Leaves the cluster gracefully: the Leave datagram is sent at once (in hub mode,
+    /// followed by a goodbye to the hub, as far as the connection takes them now).
     pub fn leave(&mut self) {
         self.node.leave();
         self.pump(self.last_now);
+        if let Some(h) = &mut self.hub {
+            h.link.close();
+        }
+        self.hub_write(self.last_now);
     }
 
     /// The next event of the node, if any.
@@ -256,6 +293,8 @@ impl Driver {
             }
         } else if t == self.base + 1 {
             self.accept(now);
+        } else if t == self.base + 2 {
+            self.hub_event(event, now);
         } else if let Some(slot) = t.checked_sub(self.base + FIXED_TOKENS) {
             if slot < self.conns.len() {
                 self.drive(slot, now);
@@ -266,14 +305,19 @@ impl Driver {
 
     /// When [`Driver::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.more_udp || self.more_accept || self.dirty {
+        if self.more_udp
+            || self.more_accept
+            || self.dirty
+            || self.hub.as_ref().is_some_and(|h| h.more)
+        {
             return Some(self.last_now);
         }
         let conns = self.conns.iter().flatten().map(|c| c.deadline).min();
-        match (self.node.poll_timeout(), conns) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let hub = self.hub.as_ref().and_then(|h| h.link.poll_timeout());
+        [self.node.poll_timeout(), conns, hub]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires the node's timers, expires connections and continues work left over.
@@ -284,6 +328,12 @@ impl Driver {
         // carries wall-clock stamps.
         self.node
             .set_wall_clock(now, hybridcast_runtime::unix_millis());
+        if let Some(h) = &mut self.hub {
+            h.link.handle_timeout(now);
+            if h.more {
+                self.hub_read(now);
+            }
+        }
         self.node.handle_timeout(now);
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| c.deadline <= now) {
@@ -307,8 +357,11 @@ impl Driver {
 
     fn receive(&mut self, now: Instant) {
         self.more_udp = false;
+        let Some(udp) = &self.udp else {
+            return;
+        };
         for _ in 0..BATCH {
-            match self.udp.recv_from(&mut self.buf) {
+            match udp.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     if self.drops.drop_next(&mut self.stats) {
                         continue;
@@ -327,8 +380,17 @@ impl Driver {
         self.more_udp = true;
     }
 
-    fn send(&mut self, datagram: Bytes) {
-        let (udp, group) = (&self.udp, self.group);
+    fn send(&mut self, now: Instant, datagram: Bytes) {
+        if let Some(h) = &mut self.hub {
+            // Dropped (and counted by the link) while no connection is registered, as a
+            // multicast datagram may be lost: the receivers recover it.
+            h.link.send_group(now, datagram);
+            return;
+        }
+        let Some(udp) = &self.udp else {
+            return;
+        };
+        let group = self.group;
         let dropped = self.sends.send(datagram, |d| udp.send_to(d, group));
         if dropped > 0 {
             self.stats.send_drops += dropped;
@@ -336,7 +398,10 @@ impl Driver {
     }
 
     fn flush_sends(&mut self) {
-        let (udp, group) = (&self.udp, self.group);
+        let Some(udp) = &self.udp else {
+            return;
+        };
+        let group = self.group;
         let dropped = self.sends.flush(|d| udp.send_to(d, group));
         if dropped > 0 {
             self.stats.send_drops += dropped;
@@ -348,9 +413,189 @@ impl Driver {
         self.dirty = false;
         while let Some(t) = self.node.poll_transmit() {
             match t {
-                Transmit::Group(d) => self.send(d),
+                Transmit::Group(d) => self.send(now, d),
                 Transmit::Request { id, to, request } => self.ask(now, id, to, request, true),
             }
+        }
+        self.hub_write(now);
+    }
+
+    // ----- hub mode -----
+
+    /// An event on the hub connection: completes a connect, reads, hands what came to the
+    /// node.
+    fn hub_event(&mut self, event: &mio::event::Event, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        let Some(stream) = &mut h.stream else {
+            return;
+        };
+        if h.connecting {
+            let failed = match stream.take_error() {
+                Ok(Some(_)) | Err(_) => true,
+                Ok(None) => match stream.peer_addr() {
+                    Ok(_) => false,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        if event.is_error() || event.is_write_closed() {
+                            true
+                        } else {
+                            return;
+                        }
+                    }
+                    Err(_) => true,
+                },
+            };
+            if failed {
+                self.hub_lost(now);
+                return;
+            }
+            h.connecting = false;
+            let _ = stream.set_nodelay(true);
+            h.link.connected(now);
+        }
+        self.hub_read(now);
+        self.hub_write(now);
+    }
+
+    fn hub_read(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        h.more = false;
+        let Some(stream) = &mut h.stream else {
+            return;
+        };
+        if h.connecting {
+            return;
+        }
+        let mut lost = false;
+        let mut batch = 0;
+        loop {
+            if batch == HUB_READ_BATCH {
+                h.more = true;
+                break;
+            }
+            batch += 1;
+            match stream.read(&mut self.buf) {
+                Ok(0) => {
+                    lost = true;
+                    break;
+                }
+                Ok(n) => h.link.handle_bytes(now, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        if lost {
+            self.hub_lost(now);
+        }
+        self.hub_deliver(now);
+    }
+
+    /// Hands the link's datagrams and departure notices to the node; logs the rest.
+    fn hub_deliver(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        while let Some(e) = h.link.poll_for_node(now, &mut self.node) {
+            log_link_event(&e);
+        }
+    }
+
+    /// The hub connection broke.
+    fn hub_lost(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        if let Some(mut s) = h.stream.take() {
+            if let Some(r) = &self.registry {
+                let _ = r.deregister(&mut s);
+            }
+        }
+        h.connecting = false;
+        h.more = false;
+        h.link.connection_lost(now);
+        self.hub_deliver(now);
+    }
+
+    /// Carries out the link's actions and writes what it queued.
+    fn hub_write(&mut self, now: Instant) {
+        loop {
+            let Some(h) = &mut self.hub else {
+                return;
+            };
+            let Some(action) = h.link.poll_action() else {
+                break;
+            };
+            match action {
+                LinkAction::Connect { to } => {
+                    if let Some(mut old) = h.stream.take() {
+                        if let Some(r) = &self.registry {
+                            let _ = r.deregister(&mut old);
+                        }
+                    }
+                    let token = Token(self.base + 2);
+                    let opened = TcpStream::connect(to).and_then(|mut s| {
+                        match &self.registry {
+                            Some(r) => {
+                                r.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?
+                            }
+                            None => return Err(io::Error::other("driver not registered")),
+                        }
+                        Ok(s)
+                    });
+                    match opened {
+                        Ok(s) => {
+                            h.stream = Some(s);
+                            h.connecting = true;
+                        }
+                        Err(e) => {
+                            tracing::debug!("connecting to the hub at {to} failed: {e}");
+                            h.link.connection_lost(now);
+                        }
+                    }
+                }
+                LinkAction::Close => {
+                    if let Some(mut s) = h.stream.take() {
+                        if let Some(r) = &self.registry {
+                            let _ = r.deregister(&mut s);
+                        }
+                    }
+                    h.connecting = false;
+                    h.more = false;
+                }
+            }
+        }
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        let Some(stream) = &mut h.stream else {
+            return;
+        };
+        if h.connecting {
+            return;
+        }
+        let mut lost = false;
+        while let Some(bytes) = h.link.peek_output() {
+            match stream.write(bytes) {
+                Ok(0) => break,
+                Ok(n) => h.link.consume_output(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        if lost {
+            self.hub_lost(now);
+            // Reconnecting is the link's to decide (after its backoff).
         }
     }
 
@@ -665,6 +910,25 @@ impl Driver {
         if let Some(r) = &self.registry {
             let _ = r.deregister(&mut conn.stream);
         }
+    }
+}
+
+/// Logs what the hub link reports besides datagrams.
+fn log_link_event(e: &LinkEvent) {
+    match e {
+        LinkEvent::Registered => tracing::info!("registered with the hub"),
+        LinkEvent::Lost(why) => tracing::info!(?why, "hub connection lost; reconnecting"),
+        LinkEvent::Departed {
+            member,
+            incarnation,
+            reason,
+        } => tracing::debug!(member = member.0, incarnation, %reason, "hub: member departed"),
+        LinkEvent::Joined {
+            member,
+            incarnation,
+        } => tracing::debug!(member = member.0, incarnation, "hub: member registered"),
+        LinkEvent::Undeliverable { to } => tracing::debug!(to = to.0, "hub: undeliverable"),
+        LinkEvent::Datagram { .. } => {}
     }
 }
 

@@ -19,12 +19,14 @@
 
 mod conn;
 mod driver;
+pub mod hub;
 mod spawn;
 
 pub use driver::Driver;
+pub use hub::{HubHandle, HubServer, HubServerConfig, spawn_hub};
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
-    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, keys,
+    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, Transport, endpoints, keys,
     serve::MAX_REQUEST_BODY, socket, unix_millis,
 };
 pub use spawn::{COMMAND_QUEUE, EVENT_QUEUE, NodeHandle, Stopped, spawn};

@@ -89,7 +89,13 @@ enum Wake {
 impl Driver {
     pub fn new(cfg: RuntimeConfig, outbox: Sender<Event>) -> Result<Driver, Error> {
         let p = hybridcast_runtime::prepare(cfg, Instant::now())?;
-        let udp = Async::new(p.udp).map_err(Error::io("registering the multicast socket"))?;
+        let Some(udp) = p.udp else {
+            return Err(Error::Config {
+                field: "transport",
+                reason: "hub mode is not supported by the smol runtime yet".into(),
+            });
+        };
+        let udp = Async::new(udp).map_err(Error::io("registering the multicast socket"))?;
         let listener =
             Async::new(p.listener).map_err(Error::io("registering the HTTP listener"))?;
         let shared = Arc::new(Shared::new(&p.config));

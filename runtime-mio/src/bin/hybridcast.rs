@@ -1,11 +1,16 @@
 //! `hybridcast`: run a member, look at a cluster, or watch a demo cluster on loopback.
 
 use clap::{Args, Parser, Subcommand};
+use hybridcast_mio::core::hub::LinkConfig;
 use hybridcast_mio::core::session::{LogicalRef, pool};
 use hybridcast_mio::core::{AuthConfig, Keyring};
 use hybridcast_mio::core::{Config, Event, Identity, MemberKey, SessionState, SessionToken, Value};
 use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
-use hybridcast_mio::{DEFAULT_GROUP, NodeHandle, Resumed, RuntimeConfig, keys, spawn};
+use hybridcast_mio::hub::DEFAULT_HUB_PORT;
+use hybridcast_mio::{
+    DEFAULT_GROUP, HubServer, HubServerConfig, NodeHandle, Resumed, RuntimeConfig, Transport, keys,
+    spawn,
+};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -26,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run one member until interrupted (or for --seconds), logging its events.
     Node(NodeArgs),
+    /// Run a hub (message server) for hub mode until interrupted: members started with
+    /// `node --hub ADDR` send their group traffic through it instead of IP multicast.
+    Hub(HubArgs),
     /// Print a member's view of its cluster.
     Status {
         /// The member's HTTP address, e.g. 127.0.0.1:8080 or http://127.0.0.1:8080.
@@ -57,6 +65,11 @@ struct NodeArgs {
     /// Clone index within --clone-group.
     #[arg(long)]
     clone_index: Option<u32>,
+    /// Send group traffic through the hub at this address (`hybridcast hub`) instead of IP
+    /// multicast: for networks that do not route multicast. --group, --interface and --ttl
+    /// are then unused.
+    #[arg(long)]
+    hub: Option<SocketAddr>,
     /// Multicast group and port.
     #[arg(long, default_value_t = DEFAULT_GROUP)]
     group: SocketAddrV4,
@@ -94,6 +107,32 @@ struct NodeArgs {
 }
 
 #[derive(Debug, Args)]
+struct HubArgs {
+    /// Address to listen on (a non-loopback address needs a cluster key).
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_HUB_PORT)))]
+    listen: SocketAddr,
+    /// Cluster name (members of other clusters are refused).
+    #[arg(long, default_value = "hybridcast")]
+    cluster: String,
+    /// Most member connections at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Most bytes queued for one member before it is disconnected as a slow consumer.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_queued_bytes: usize,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// File holding the cluster keys (as for `node`): registrations must be tagged with one.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Run without authentication: anyone who can reach the hub can register and receive the
+    /// cluster's traffic. Only for a network you trust entirely.
+    #[arg(long, conflicts_with = "key_file")]
+    insecure: bool,
+}
+
+#[derive(Debug, Args)]
 struct DemoArgs {
     /// Members at the start (a newcomer joins later).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(3..=64))]
@@ -120,6 +159,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(a) => node(a),
+        Command::Hub(a) => hub(a),
         Command::Status { url } => status(&url),
         Command::Demo(a) => demo(a),
         Command::Keygen { out } => keygen(out),
@@ -130,6 +170,84 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The cluster keys from `--key-file` or the environment; `None` only with `--insecure`.
+fn cluster_keys(
+    key_file: &Option<PathBuf>,
+    insecure: bool,
+    who: &str,
+) -> Result<Option<Keyring>, String> {
+    let keys = match key_file {
+        Some(path) => Some(keys::read_key_file(path).map_err(|e| e.to_string())?),
+        None => keys::keys_from_env().map_err(|e| e.to_string())?,
+    };
+    match keys {
+        Some(k) => {
+            if insecure {
+                tracing::warn!(
+                    "--insecure ignored: a cluster key was given, the {who} runs authenticated"
+                );
+            }
+            Ok(Some(k))
+        }
+        None if insecure => {
+            tracing::warn!("running WITHOUT authentication (--insecure)");
+            Ok(None)
+        }
+        None => Err(format!(
+            "no cluster key: give --key-file FILE (make one with `hybridcast keygen`) or set {}; --insecure runs without authentication",
+            keys::KEYS_ENV
+        )),
+    }
+}
+
+fn hub(a: HubArgs) -> Result<ExitCode, String> {
+    let mut cfg = HubServerConfig::new(&a.cluster);
+    cfg.listen = a.listen;
+    cfg.hub.max_connections = a.max_connections;
+    cfg.hub.max_queued_bytes = a.max_queued_bytes;
+    cfg.hub.keys = cluster_keys(&a.key_file, a.insecure, "hub")?;
+    cfg.allow_unauthenticated = cfg.hub.keys.is_none();
+    let authenticated = cfg.hub.keys.is_some();
+    let mut server = HubServer::new(cfg).map_err(|e| e.to_string())?;
+    let mut poll = mio::Poll::new().map_err(|e| e.to_string())?;
+    server
+        .register(poll.registry(), mio::Token(0))
+        .map_err(|e| e.to_string())?;
+    // Scripts and tests read this line for the address (the port may have been 0).
+    println!("hub listening on {}", server.local_addr());
+    tracing::info!(listen = %server.local_addr(), cluster = %a.cluster, authenticated, "hub started");
+    let end = a.seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut events = mio::Events::with_capacity(1024);
+    loop {
+        let now = Instant::now();
+        if end.is_some_and(|e| now >= e) {
+            server.shutdown(now);
+            tracing::info!("hub stops");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let timeout = [server.poll_timeout(), end]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::from_secs(1), |t| {
+                t.saturating_duration_since(now).min(Duration::from_secs(1))
+            });
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(format!("poll failed: {e}"));
+            }
+        }
+        let now = Instant::now();
+        for e in events.iter() {
+            server.handle_event(e, now);
+        }
+        if server.poll_timeout().is_some_and(|t| t <= now) {
+            server.handle_timeout(now);
+        }
+        hybridcast_mio::hub::log_events(&mut server);
     }
 }
 
@@ -147,31 +265,20 @@ fn node(a: NodeArgs) -> Result<ExitCode, String> {
     cfg.http = a.http;
     cfg.receive_drop_rate = a.drop_rate;
     cfg.core.heartbeat_interval = Duration::from_millis(a.heartbeat_ms.max(1));
-    let keys = match &a.key_file {
-        Some(path) => Some(keys::read_key_file(path).map_err(|e| e.to_string())?),
-        None => keys::keys_from_env().map_err(|e| e.to_string())?,
-    };
-    if keys.is_some() && a.insecure {
-        tracing::warn!(
-            "--insecure ignored: a cluster key was given, the member runs authenticated"
-        );
+    if let Some(hub) = a.hub {
+        cfg.transport = Transport::Hub(LinkConfig::new(hub));
     }
-    match keys {
+    match cluster_keys(&a.key_file, a.insecure, "member")? {
         Some(keys) => cfg.core.auth = Some(AuthConfig::new(keys)),
-        None if a.insecure => {
-            cfg.allow_unauthenticated = true;
-            tracing::warn!("running WITHOUT authentication (--insecure)");
-        }
-        None => {
-            return Err(format!(
-                "no cluster key: give --key-file FILE (make one with `hybridcast keygen`) or set {}; --insecure runs without authentication",
-                keys::KEYS_ENV
-            ));
-        }
+        None => cfg.allow_unauthenticated = true,
     }
     let authenticated = cfg.core.auth.is_some();
     let h = spawn(cfg).map_err(|e| e.to_string())?;
-    tracing::info!(%name, http = %h.http_addr(), group = %a.group, authenticated, "member started");
+    let via = match a.hub {
+        Some(hub) => format!("hub {hub}"),
+        None => format!("multicast {}", a.group),
+    };
+    tracing::info!(%name, http = %h.http_addr(), %via, authenticated, "member started");
     for (n, v) in &a.binds {
         h.bind(n, v)
             .map_err(|e| e.to_string())?
