@@ -8,6 +8,7 @@
 
 mod codecs;
 mod http;
+pub mod hub;
 pub mod input;
 mod node;
 mod receiver;
@@ -15,6 +16,7 @@ pub mod seeds;
 
 pub use codecs::{datagram_decode, session_decode, state_dump_decode};
 pub use http::{http_request, http_response};
+pub use hub::{hub_frames, hub_ops};
 pub use node::{Tally, config as node_config, drive as drive_node, node_auth_ops, node_ops};
 pub use receiver::receiver_ops;
 
@@ -22,7 +24,7 @@ pub use receiver::receiver_ops;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, in the order of `fuzz/Cargo.toml`.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("datagram_decode", datagram_decode),
     ("receiver_ops", receiver_ops),
     ("node_ops", node_ops),
@@ -31,4 +33,6 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("http_response", http_response),
     ("state_dump_decode", state_dump_decode),
     ("session_decode", session_decode),
+    ("hub_frames", hub_frames),
+    ("hub_ops", hub_ops),
 ];

@@ -333,7 +333,7 @@ fn http_responses() -> Vec<(String, Vec<u8>)> {
 
 /// Every seed: `(target, file name, bytes)`.
 pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
-    let sets: [(&'static str, Named); 8] = [
+    let sets: [(&'static str, Named); 10] = [
         ("datagram_decode", datagrams()),
         ("receiver_ops", receiver::seeds()),
         ("node_ops", node::seeds()),
@@ -342,6 +342,8 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         ("http_response", http_responses()),
         ("state_dump_decode", bodies()),
         ("session_decode", sessions()),
+        ("hub_frames", super::hub::frame_seeds()),
+        ("hub_ops", super::hub::seeds()),
     ];
     let mut out = Vec::new();
     for (target, seeds) in sets {
