@@ -497,13 +497,31 @@ impl Driver {
         self.hub_deliver(now);
     }
 
-    /// Hands the link's datagrams and departure notices to the node; logs the rest.
+    /// Hands the link's datagrams (less the injected drops) and departure notices to the
+    /// node; logs the rest.
     fn hub_deliver(&mut self, now: Instant) {
         let Some(h) = &mut self.hub else {
             return;
         };
-        while let Some(e) = h.link.poll_for_node(now, &mut self.node) {
-            log_link_event(&e);
+        while let Some(e) = h.link.poll_event() {
+            match e {
+                LinkEvent::Datagram { datagram, .. } => {
+                    // The demo's and tests' loss injection applies to relayed datagrams too.
+                    if !self.drops.drop_next(&mut self.stats) {
+                        self.node
+                            .handle_datagram(now, h.link.config().hub, datagram);
+                    }
+                }
+                LinkEvent::Departed {
+                    member,
+                    incarnation,
+                    ..
+                } => {
+                    self.node.handle_departure_notice(now, member, incarnation);
+                    log_link_event(&e);
+                }
+                other => log_link_event(&other),
+            }
         }
     }
 

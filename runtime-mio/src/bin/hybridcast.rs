@@ -1,15 +1,15 @@
 //! `hybridcast`: run a member, look at a cluster, or watch a demo cluster on loopback.
 
 use clap::{Args, Parser, Subcommand};
-use hybridcast_mio::core::hub::LinkConfig;
+use hybridcast_mio::core::hub::{CloseReason, LinkConfig};
 use hybridcast_mio::core::session::{LogicalRef, pool};
 use hybridcast_mio::core::{AuthConfig, Keyring};
 use hybridcast_mio::core::{Config, Event, Identity, MemberKey, SessionState, SessionToken, Value};
 use hybridcast_mio::endpoints::{self, ClusterView, PATH_CLUSTER};
 use hybridcast_mio::hub::DEFAULT_HUB_PORT;
 use hybridcast_mio::{
-    DEFAULT_GROUP, HubServer, HubServerConfig, NodeHandle, Resumed, RuntimeConfig, Transport, keys,
-    spawn,
+    DEFAULT_GROUP, HubHandle, HubServer, HubServerConfig, NodeHandle, Resumed, RuntimeConfig,
+    Transport, keys, spawn, spawn_hub,
 };
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -143,6 +143,9 @@ struct DemoArgs {
     /// Give up (exit 1) if the cluster has not converged after this many seconds in a phase.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Run the cluster in hub mode: a hub on loopback relays the group traffic, no multicast.
+    #[arg(long)]
+    hub: bool,
 }
 
 fn parse_binding(s: &str) -> Result<(String, String), String> {
@@ -394,6 +397,8 @@ struct Demo {
     /// The demo cluster's keys: one fresh random key, so the demo runs authenticated.
     keys: Keyring,
     group: SocketAddrV4,
+    /// The hub, in hub mode.
+    hub: Option<HubHandle>,
     limit: Duration,
 }
 
@@ -401,6 +406,9 @@ impl Demo {
     fn start(&mut self, name: &str, drop_rate: f64) -> Result<(), String> {
         let mut cfg = RuntimeConfig::new("demo", name);
         cfg.group = self.group;
+        if let Some(hub) = &self.hub {
+            cfg.transport = Transport::Hub(LinkConfig::new(hub.addr()));
+        }
         cfg.receive_drop_rate = drop_rate;
         cfg.core = Config {
             heartbeat_interval: Duration::from_millis(200),
@@ -499,16 +507,29 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     // A port of our own, so the demo never mixes with a cluster on the default port.
     let port = 46_000 + (std::process::id() % 2000) as u16;
     let key = keys::random_key().map_err(|e| e.to_string())?;
+    let keys = Keyring::single(key);
+    let hub = if a.hub {
+        let mut cfg = HubServerConfig::new("demo");
+        cfg.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        cfg.hub.keys = Some(keys.clone());
+        Some(spawn_hub(cfg).map_err(|e| format!("cannot start the hub: {e}"))?)
+    } else {
+        None
+    };
     let mut d = Demo {
         members: Vec::new(),
-        keys: Keyring::single(key),
+        keys,
         group: SocketAddrV4::new(*DEFAULT_GROUP.ip(), port),
+        hub,
         limit: Duration::from_secs(a.seconds),
     };
+    let via = match &d.hub {
+        Some(h) => format!("through a hub at {} (no multicast)", h.addr()),
+        None => format!("on multicast group {}", d.group),
+    };
     println!(
-        "starting {} members on {} (loopback, authenticated with a fresh random key), 20 offers each; member-1 drops {:.0}% of what it receives",
+        "starting {} members {via} (loopback, authenticated with a fresh random key), 20 offers each; member-1 drops {:.0}% of what it receives",
         a.nodes,
-        d.group,
         a.loss * 100.0
     );
     for i in 0..a.nodes {
@@ -578,6 +599,15 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         ms(t_join)
     );
     let ok = d.converged() && dumps == 1 && resumed_ok;
+    if let Some((hub, _)) = d.hub.as_ref().and_then(|h| h.stats()) {
+        println!(
+            "  hub: {} registrations, {} group frames relayed as {} copies, departures announced for {} closed connections",
+            hub.registrations,
+            hub.group_frames,
+            hub.copies_out,
+            hub.closed_for(CloseReason::Closed)
+        );
+    }
     for (_, h) in d.members.iter_mut() {
         if let Some(h) = h.take() {
             h.shutdown();
