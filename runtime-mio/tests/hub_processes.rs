@@ -5,9 +5,11 @@
 //! - No multicast at all: the members are given a multicast group that a socket of the test
 //!   watches (it hears a control datagram, then nothing from the cluster), and none of the
 //!   member processes owns a UDP socket.
-//! - The hub is killed with SIGKILL and started again on the same address: the members
-//!   reconnect (`hybridcast_hub_registrations_total`), and what changed during the outage (an
-//!   offer withdrawn, one added, one changed, a newcomer started) converges through the
+//! - The hub is killed with SIGKILL and started again on the same address. While it is down
+//!   the members suspect each other and probe point-to-point, finding each other alive (no one
+//!   is declared failed for the hub's crash); once it is back they reconnect
+//!   (`hybridcast_hub_registrations_total`), and what changed during the outage (an offer
+//!   withdrawn, one added, one changed, a newcomer that joined alone) converges through the
 //!   protocol's recovery.
 //! - A member is killed with SIGKILL: the hub announces its departure, the others take the
 //!   notice (`hybridcast_departure_notices_total`, `Event::MemberFailed`), declare it failed
@@ -231,6 +233,7 @@ fn hub_process_relays_four_member_processes_through_crashes_without_multicast() 
             .all(|n| metric(http[n], "hybridcast_hub_registered") == Some(0))
             && obs.stats().is_ok_and(|(_, d)| !d.hub_registered)
     });
+    while obs.events().try_recv().is_ok() {}
     let before: BTreeMap<&str, u64> = names
         .iter()
         .map(|n| {
@@ -263,6 +266,36 @@ fn hub_process_relays_four_member_processes_through_crashes_without_multicast() 
         },
     );
     assert!(!obs.stats().expect("stats").1.hub_registered);
+    // The outage lasts: the newcomer joins alone, and the embedded member, hearing no
+    // heartbeat, suspects the others, probes them point-to-point and finds them alive. Nobody
+    // is declared failed for the hub's crash.
+    let mut outage_events = Vec::new();
+    lab.procs.wait(
+        "the newcomer to join alone and the others to be probed",
+        |_| {
+            outage_events.extend(obs.events().try_iter());
+            let alive_again = names.iter().all(|n| {
+                outage_events
+                    .iter()
+                    .any(|e| matches!(e, Event::MemberAlive { peer } if peer.name == *n))
+            });
+            alive_again
+                && view(p4).is_some_and(|v| v.joined && v.members.len() == 1)
+                && metric(p4, "hybridcast_hub_registrations_total") == Some(0)
+        },
+    );
+    outage_events.extend(obs.events().try_iter());
+    assert!(
+        !outage_events
+            .iter()
+            .any(|e| matches!(e, Event::MemberFailed { .. } | Event::MemberLeft { .. })),
+        "a member was declared gone while only the hub was: {outage_events:?}"
+    );
+    for n in names {
+        let v = view(http[n]).expect("view");
+        let gone: Vec<_> = v.members.iter().filter(|m| m.state == "failed").collect();
+        assert!(gone.is_empty(), "{n} declared members failed: {gone:?}");
+    }
 
     // 3. The hub comes back on the same address: everyone reconnects, and the changes made
     // during the outage converge.

@@ -6,7 +6,8 @@
 //! with `--ignored`.
 //!
 //! Three members converge through the hub; the hub is killed with SIGKILL; a fourth member
-//! starts and joins alone while it is down; the hub restarts on its address and all four
+//! starts and joins alone while it is down, and the others, probing each other
+//! point-to-point, declare no one failed; the hub restarts on its address and all four
 //! converge (the newcomer catching up by recovery); a member is killed with SIGKILL and the
 //! others, told by the hub, declare it failed. The test reads views and metrics over HTTP
 //! from the host's side of the bridge.
@@ -260,6 +261,17 @@ fn four_namespaces_without_multicast_converge_through_a_hub_that_crashes() {
                 && metric(http[3], "hybridcast_hub_losses_total").is_some_and(|l| l > 0)
                 && metric(http[3], "hybridcast_hub_registrations_total") == Some(0)
         });
+
+    // Hearing no heartbeat, the members probe each other point-to-point and find each other
+    // alive: nobody is declared failed for the hub's crash.
+    lab.procs.wait("the members to probe each other", |_| {
+        (0..3).all(|i| metric(http[i], "hybridcast_probes_sent_total").is_some_and(|p| p > 0))
+    });
+    for (i, addr) in http.iter().enumerate().take(3) {
+        let v = view(*addr).expect("view");
+        let gone: Vec<_> = v.members.iter().filter(|m| m.state == "failed").collect();
+        assert!(gone.is_empty(), "m{i} declared members failed: {gone:?}");
+    }
 
     // 3. The hub restarts on its address: all four converge.
     lab.start_hub();
