@@ -3,6 +3,7 @@
 
 use crate::RuntimeStats;
 use hybridcast_core::http::{self, HttpLimits, Request, Response};
+use hybridcast_core::hub::LinkStats;
 use hybridcast_core::{Channel, Node, Stats};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -195,6 +196,11 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
     counter("dumps_served_total", "State dumps served.", s.dumps_served);
     counter("probes_sent_total", "Liveness probes sent.", s.probes_sent);
     counter(
+        "departure_notices_total",
+        "Departures of live members announced by the transport (the hub), each probed at once.",
+        s.departure_notices,
+    );
+    counter(
         "http_errors_total",
         "Requests answered with an error status.",
         s.http_errors,
@@ -379,7 +385,60 @@ pub fn metrics(s: &Stats, d: &RuntimeStats) -> Response {
         "hybridcast_session_replication_bytes_total {}",
         s.replication_bytes
     );
+    if let Some(h) = &d.hub {
+        hub_metrics(&mut o, h, d.hub_registered);
+    }
     Response::ok("text/plain; version=0.0.4", o)
+}
+
+/// The hub link's lines of [`metrics`] (hub mode only).
+fn hub_metrics(o: &mut String, h: &LinkStats, registered: bool) {
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP hybridcast_hub_{name} {help}");
+        let _ = writeln!(o, "# TYPE hybridcast_hub_{name} counter");
+        let _ = writeln!(o, "hybridcast_hub_{name} {v}");
+    };
+    counter(
+        "connects_total",
+        "Connection attempts to the hub.",
+        h.connects,
+    );
+    counter(
+        "registrations_total",
+        "Registrations the hub accepted (one per connection that came up).",
+        h.registrations,
+    );
+    counter("losses_total", "Hub connections lost.", h.losses);
+    counter(
+        "datagrams_out_total",
+        "Group datagrams handed to the hub.",
+        h.datagrams_out,
+    );
+    counter(
+        "datagrams_in_total",
+        "Group datagrams relayed by the hub.",
+        h.datagrams_in,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_hub_dropped_total Group datagrams not handed to the hub, by reason."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_hub_dropped_total counter");
+    for (reason, v) in [("offline", h.dropped_offline), ("window", h.dropped_window)] {
+        let _ = writeln!(o, "hybridcast_hub_dropped_total{{reason=\"{reason}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_hub_registered 1 while the hub has accepted this member's registration."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_hub_registered gauge");
+    let _ = writeln!(o, "hybridcast_hub_registered {}", u8::from(registered));
+    let _ = writeln!(
+        o,
+        "# HELP hybridcast_hub_unacked_bytes Bytes sent to the hub and not yet acknowledged."
+    );
+    let _ = writeln!(o, "# TYPE hybridcast_hub_unacked_bytes gauge");
+    let _ = writeln!(o, "hybridcast_hub_unacked_bytes {}", h.unacked_bytes);
 }
 
 /// A blocking `GET path` to the member serving HTTP at `addr` (`host:port`), for tools and
@@ -426,6 +485,38 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    #[test]
+    fn metrics_show_departure_notices_and_the_hub_link_only_in_hub_mode() {
+        let s = Stats {
+            departure_notices: 3,
+            ..Stats::default()
+        };
+        let text = |d: &RuntimeStats| String::from_utf8_lossy(&metrics(&s, d).body).into_owned();
+        let multicast = text(&RuntimeStats::default());
+        assert!(multicast.contains("\nhybridcast_departure_notices_total 3\n"));
+        assert!(!multicast.contains("hybridcast_hub_"), "{multicast}");
+        let hub = RuntimeStats {
+            hub: Some(LinkStats {
+                registrations: 2,
+                dropped_offline: 5,
+                ..LinkStats::default()
+            }),
+            hub_registered: true,
+            ..RuntimeStats::default()
+        };
+        let hub = text(&hub);
+        for line in [
+            "hybridcast_hub_registrations_total 2",
+            "hybridcast_hub_dropped_total{reason=\"offline\"} 5",
+            "hybridcast_hub_registered 1",
+        ] {
+            assert!(
+                hub.contains(&format!("\n{line}\n")),
+                "{line} missing:\n{hub}"
+            );
+        }
+    }
 
     #[test]
     fn get_gives_up_on_a_server_that_trickles_its_answer() {

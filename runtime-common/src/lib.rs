@@ -30,7 +30,7 @@ pub use hybridcast_core as core;
 pub use sessions::{ResumeWaiters, Resumed};
 
 use endpoints::WhoAmI;
-use hybridcast_core::hub::HubLink;
+use hybridcast_core::hub::{HubLink, LinkStats};
 use hybridcast_core::ids::{Rng, stable_hash};
 use hybridcast_core::{Identity, Node};
 use std::io;
@@ -98,6 +98,12 @@ pub struct RuntimeStats {
     /// The most bytes one served connection ever held buffered (never above
     /// [`serve::buffer_limit`] of the served limits).
     pub served_buffer_peak: u64,
+    /// In hub mode, the hub link's counters as of the runtime's last wake-up; `None` with
+    /// multicast (or a runtime that does not report them).
+    pub hub: Option<LinkStats>,
+    /// In hub mode, whether the hub had accepted this member's registration at the runtime's
+    /// last wake-up.
+    pub hub_registered: bool,
 }
 
 impl RuntimeStats {

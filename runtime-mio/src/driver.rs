@@ -418,6 +418,11 @@ impl Driver {
             }
         }
         self.hub_write(now);
+        if let Some(h) = &self.hub {
+            // For `/metrics` and `driver_stats`: the link's counters as of this wake-up.
+            self.stats.hub = Some(h.link.stats());
+            self.stats.hub_registered = h.link.is_registered();
+        }
     }
 
     // ----- hub mode -----
