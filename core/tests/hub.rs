@@ -55,7 +55,7 @@ impl Net {
     fn new(config: HubConfig) -> Self {
         Net {
             now: Instant::now(),
-            hub: Hub::new(config, 7).expect("hub"),
+            hub: Hub::new(config, [7; 32]).expect("hub"),
             members: Vec::new(),
             next_conn: 1,
             closed_by_hub: Vec::new(),
@@ -569,7 +569,7 @@ fn connections_beyond_the_limit_are_refused_as_full() {
 
 #[test]
 fn a_registration_that_never_comes_times_out() {
-    let mut hub = Hub::new(HubConfig::new(CLUSTER), 1).expect("hub");
+    let mut hub = Hub::new(HubConfig::new(CLUSTER), [1; 32]).expect("hub");
     let now = Instant::now();
     hub.accept(now, ConnId(1));
     let mut dec = FrameDecoder::new();
@@ -597,7 +597,7 @@ fn bad_settings_are_refused_by_name() {
     let mut h = HubConfig::new(CLUSTER);
     h.max_queued_bytes = 10;
     assert_eq!(
-        Hub::new(h, 1).expect_err("refused").field,
+        Hub::new(h, [1; 32]).expect_err("refused").field,
         "max_queued_bytes"
     );
     let mut l = LinkConfig::new(hub_addr());
@@ -652,4 +652,200 @@ fn a_departure_notice_makes_the_node_probe_at_once() {
     assert!(
         std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::MemberSuspect { .. }))
     );
+}
+
+#[test]
+fn a_close_after_a_partial_write_finishes_the_frame_before_the_bye() {
+    let mut config = HubConfig::new(CLUSTER);
+    config.idle_timeout = Duration::from_secs(1);
+    let mut net = Net::new(config);
+    let a = net.add("a", 1, None);
+    let b = net.add("b", 1, None);
+    net.members[b].reading = false;
+    let d = datagram(MemberKey::of("a"), 1, &[9u8; 5000]);
+    assert!(net.members[a].link.send_group(net.now, d.clone()));
+    net.pump();
+    // b's connection takes the Deliver's header and part of its datagram, then stalls.
+    let conn = net.members[b].conn.expect("conn");
+    let mut written = Vec::new();
+    while written.len() < 13 + 100 {
+        let chunk = net.hub.peek_output(conn).expect("queued").to_vec();
+        let n = chunk.len().min(13 + 100 - written.len());
+        written.extend_from_slice(&chunk[..n]);
+        net.hub.consume_output(conn, n);
+    }
+    // The hub closes it now (b went silent): the rest of the frame, then the bye.
+    let later = net.now + Duration::from_secs(2);
+    net.hub.handle_timeout(later);
+    assert!(std::iter::from_fn(|| net.hub.poll_action()).any(|a| a
+        == HubAction::Close {
+            conn,
+            reason: CloseReason::Idle
+        }));
+    while let Some(chunk) = net.hub.peek_output(conn) {
+        let chunk = chunk.to_vec();
+        written.extend_from_slice(&chunk);
+        net.hub.consume_output(conn, chunk.len());
+    }
+    let mut dec = FrameDecoder::new();
+    dec.push(&written);
+    let mut frames = Vec::new();
+    while let Some(f) = dec.next_frame().expect("whole frames") {
+        frames.push(f);
+    }
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Deliver {
+                from: MemberKey::of("a"),
+                datagram: d
+            },
+            Frame::Bye {
+                reason: CloseReason::Idle
+            }
+        ]
+    );
+}
+
+#[test]
+fn over_the_total_queue_limit_the_longest_queue_goes() {
+    let mut config = HubConfig::new(CLUSTER);
+    config.max_queued_bytes = 200_000;
+    config.max_total_queued_bytes = 300_000;
+    let mut net = Net::new(config);
+    let a = net.add("a", 1, None);
+    let s1 = net.add("s1", 1, None);
+    let s2 = net.add("s2", 1, None);
+    let fast = net.add("fast", 1, None);
+    net.members[s1].reading = false;
+    net.members[s2].reading = false;
+    let mut sent = 0;
+    while net.closed_by_hub.is_empty() && sent < 100 {
+        let d = datagram(MemberKey::of("a"), 1, &[1u8; 10_000]);
+        assert!(net.members[a].link.send_group(net.now, d));
+        net.pump();
+        sent += 1;
+        assert!(net.hub.stats().queued_bytes <= 300_000 + 64);
+    }
+    // Two queues of about 150 KB each: the total is reached before either limit alone.
+    let closed: Vec<CloseReason> = net.closed_by_hub.iter().map(|(_, r)| *r).collect();
+    assert_eq!(
+        closed,
+        vec![CloseReason::SlowConsumer],
+        "after {sent} datagrams"
+    );
+    assert!(sent < 20, "{sent}");
+    assert_eq!(net.datagrams(fast).len(), sent);
+    assert!(net.members[fast].link.is_registered());
+}
+
+#[test]
+fn a_slow_hub_that_keeps_acknowledging_is_not_left() {
+    let mut net = Net::new(HubConfig::new(CLUSTER));
+    let a = net.add("a", 1, None);
+    net.add("b", 1, None);
+    // a queues far more than the hub takes at once; the hub reads a little every second.
+    net.members[a].reading = false;
+    for _ in 0..300 {
+        let d = datagram(MemberKey::of("a"), 1, &[3u8; 10_000]);
+        assert!(net.members[a].link.send_group(net.now, d));
+    }
+    let conn = net.members[a].conn.expect("conn");
+    for _ in 0..20 {
+        net.advance(Duration::from_secs(1));
+        for _ in 0..20 {
+            let Some(b) = net.members[a].link.peek_output() else {
+                break;
+            };
+            let b = b.to_vec();
+            net.members[a].link.consume_output(b.len());
+            net.hub.handle_bytes(net.now, conn, &b);
+        }
+        let acks = net.drain_hub(conn);
+        net.members[a].link.handle_bytes(net.now, &acks);
+    }
+    assert!(
+        !net.members[a]
+            .got
+            .iter()
+            .any(|e| matches!(e, LinkEvent::Lost(_))),
+        "{:?}",
+        net.members[a]
+            .got
+            .iter()
+            .filter(|e| matches!(e, LinkEvent::Lost(_)))
+            .collect::<Vec<_>>()
+    );
+    assert!(net.members[a].link.is_registered());
+}
+
+#[test]
+fn a_hub_that_drops_every_registration_at_once_is_retried_ever_more_slowly() {
+    let mut net = Net::new(HubConfig::new(CLUSTER));
+    let a = net.add("a", 1, None);
+    let mut registered_at = Vec::new();
+    for _ in 0..8 {
+        assert!(net.members[a].link.is_registered());
+        registered_at.push(net.now);
+        let conn = net.members[a].conn.expect("conn");
+        net.hub.handle_bytes(net.now, conn, &[0xff; 8]); // garbage: closed as a protocol error
+        net.pump();
+        assert!(!net.members[a].link.is_registered());
+        let next = net.members[a].link.poll_timeout().expect("retry");
+        net.advance(next - net.now);
+    }
+    let gaps: Vec<Duration> = registered_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[3] > gaps[0] * 4, "{gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g <= Duration::from_millis(2500)),
+        "{gaps:?}"
+    );
+    // A registration that lasts starts the next series from the shortest wait again.
+    net.advance(Duration::from_secs(10));
+    let conn = net.members[a].conn.expect("conn");
+    net.hub.handle_bytes(net.now, conn, &[0xff; 8]);
+    net.pump();
+    let wait = net.members[a].link.poll_timeout().expect("retry") - net.now;
+    assert!(wait <= Duration::from_millis(63), "{wait:?}");
+}
+
+#[test]
+fn a_second_challenge_is_a_protocol_error_and_nonces_depend_on_the_secret() {
+    let now = Instant::now();
+    let mut link = HubLink::new(
+        LinkConfig::new(hub_addr()),
+        ClusterId::of(CLUSTER),
+        MemberKey::of("a"),
+        1,
+        None,
+        now,
+        1,
+    )
+    .expect("link");
+    assert!(matches!(
+        link.poll_action(),
+        Some(LinkAction::Connect { .. })
+    ));
+    link.connected(now);
+    let challenge = Frame::Challenge { nonce: [1; 16] }.encode();
+    link.handle_bytes(now, &challenge);
+    assert!(link.peek_output().is_some(), "a hello");
+    link.handle_bytes(now, &challenge);
+    assert_eq!(link.poll_event(), Some(LinkEvent::Lost(LinkLoss::Protocol)));
+
+    let nonce_of = |secret: [u8; 32], conn: u64| {
+        let mut hub = Hub::new(HubConfig::new(CLUSTER), secret).expect("hub");
+        for c in 1..=conn {
+            hub.accept(now, ConnId(c));
+        }
+        let mut dec = FrameDecoder::new();
+        dec.push(hub.peek_output(ConnId(conn)).expect("challenge"));
+        match dec.next_frame() {
+            Ok(Some(Frame::Challenge { nonce })) => nonce,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_ne!(nonce_of([1; 32], 1), nonce_of([2; 32], 1));
+    assert_ne!(nonce_of([1; 32], 1), nonce_of([1; 32], 2));
+    assert_eq!(nonce_of([1; 32], 2), nonce_of([1; 32], 2));
 }

@@ -19,7 +19,9 @@ pub enum Transport {
     Multicast,
     /// Through a hub (`hybridcast hub`) over one TCP connection, where IP multicast is not
     /// routed (clouds, many data centres). No multicast socket is opened; `group`,
-    /// `interface` and `ttl` are unused. Point-to-point requests still go member to member.
+    /// `interface` and `ttl` are unused, and an HTTP address on the unspecified address is
+    /// advertised with the local address of the route to the hub. Point-to-point requests
+    /// still go member to member.
     Hub(LinkConfig),
 }
 

@@ -34,7 +34,7 @@ use hybridcast_core::hub::{HubLink, LinkStats};
 use hybridcast_core::ids::{Rng, stable_hash};
 use hybridcast_core::{Identity, Node};
 use std::io;
-use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a runtime member could not start.
@@ -161,9 +161,10 @@ pub struct Prepared {
 /// Validates `cfg`, opens the sockets and builds the node at `now`.
 ///
 /// The incarnation defaults to the wall clock in milliseconds (so a restart always gets a
-/// higher one), the host id to the `HOSTNAME` variable or the interface address, and the
-/// seed to the OS's randomness. An HTTP address on the unspecified address is advertised as
-/// the interface's, which peers can reach. The node is told the wall clock (for
+/// higher one), the host id to the `HOSTNAME` variable or the local address, and the seed to
+/// the OS's randomness. An HTTP address on the unspecified address is advertised as the local
+/// address peers can reach: the multicast interface's, or in hub mode the one this host uses
+/// to reach the hub. The node is told the wall clock (for
 /// authenticated requests' time stamps).
 pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> {
     cfg.validate()?;
@@ -171,8 +172,14 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     let mut http_addr = listener
         .local_addr()
         .map_err(Error::io("reading the HTTP address"))?;
+    // The address peers reach this host by: the multicast interface, or in hub mode the local
+    // address of the route to the hub (the hub's peers are this member's peers).
+    let local_ip = match &cfg.transport {
+        Transport::Multicast => IpAddr::V4(cfg.interface),
+        Transport::Hub(link) => route_source(link.hub).unwrap_or(IpAddr::V4(cfg.interface)),
+    };
     if http_addr.ip().is_unspecified() {
-        http_addr.set_ip(IpAddr::V4(cfg.interface));
+        http_addr.set_ip(local_ip);
     }
     let udp = match cfg.transport {
         Transport::Multicast => Some(
@@ -186,7 +193,7 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     identity.host_id = cfg
         .host_id
         .clone()
-        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| cfg.interface.to_string()));
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| local_ip.to_string()));
     let seed = *cfg.seed.get_or_insert_with(|| {
         // The OS's randomness; should it fail, a hash of name, incarnation and start time
         // still differs between members and restarts.
@@ -234,9 +241,24 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     })
 }
 
-/// 64 bits from the operating system's random source, `None` if it failed.
-pub fn random_seed() -> Option<u64> {
-    getrandom::u64().ok()
+/// The local address the system would send from to reach `to` (no packet is sent: a UDP
+/// socket is only connected, which picks the route).
+pub fn route_source(to: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let probe = UdpSocket::bind(any).ok()?;
+    probe.connect(to).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// 32 bytes from the operating system's random source, `None` if it failed.
+pub fn random_secret() -> Option<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).ok()?;
+    Some(b)
 }
 
 /// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it).

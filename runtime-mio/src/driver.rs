@@ -24,6 +24,8 @@ const BATCH: usize = 256;
 const FIXED_TOKENS: usize = 3;
 /// Reads of the hub connection per wake-up before yielding to the loop.
 const HUB_READ_BATCH: usize = 16;
+/// How long a member that leaves waits for the hub to take its goodbye and close.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Hub mode: the link and its connection.
 struct HubConn {
@@ -270,6 +272,54 @@ impl Driver {
             h.link.close();
         }
         self.hub_write(self.last_now);
+        self.hub_linger();
+    }
+
+    /// After the goodbye: writes what is left, half-closes, and reads until the hub closes
+    /// too (at most [`LINGER`]), so that closing never resets the connection while the hub
+    /// still has the leave and the goodbye unread (a reset would discard them, and the
+    /// others would see a failure instead of a leave).
+    fn hub_linger(&mut self) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        let Some(stream) = &mut h.stream else {
+            return;
+        };
+        if h.connecting {
+            return;
+        }
+        let end = Instant::now() + LINGER;
+        let mut shut = false;
+        let mut sink = [0u8; 4096];
+        while Instant::now() < end {
+            let mut progress = false;
+            while let Some(bytes) = h.link.peek_output() {
+                match stream.write(bytes) {
+                    Ok(n) if n > 0 => {
+                        h.link.consume_output(n);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+                    _ => break,
+                }
+            }
+            if h.link.peek_output().is_none() && !shut {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                shut = true;
+            }
+            match stream.read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+            if !progress {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
     }
 
     /// The next event of the node, if any.
@@ -620,6 +670,8 @@ impl Driver {
             self.hub_lost(now);
             // Reconnecting is the link's to decide (after its backoff).
         }
+        // Losses found by the link's own timers or a failed connect are reported here.
+        self.hub_deliver(now);
     }
 
     fn free_slot(&self) -> Option<usize> {

@@ -6,6 +6,7 @@ use hybridcast_core::hub::{ConnId, Hub, HubAction, HubConfig, HubEvent, HubStats
 use hybridcast_runtime::{Error, socket};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +29,9 @@ pub struct HubServerConfig {
     pub listen: SocketAddr,
     /// The hub's own settings (cluster, keys, limits).
     pub hub: HubConfig,
-    /// Seed of the challenges' nonces; `None` draws one from the operating system.
-    pub seed: Option<u64>,
+    /// Key of the challenges' nonces; `None` (the default) draws one from the operating
+    /// system, as it should be: a key used twice repeats the nonces.
+    pub secret: Option<[u8; 32]>,
     /// Allows a hub without keys although it listens beyond loopback. Default false: anyone
     /// who can reach it could then register and receive the cluster's traffic.
     pub allow_unauthenticated: bool,
@@ -44,7 +46,7 @@ impl HubServerConfig {
         HubServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_HUB_PORT)),
             hub: HubConfig::new(cluster),
-            seed: None,
+            secret: None,
             allow_unauthenticated: false,
         }
     }
@@ -93,6 +95,8 @@ pub struct HubServer {
     registry: Option<Registry>,
     base: usize,
     slots: Vec<Option<Slot>>,
+    /// The slot of each connection.
+    by_id: HashMap<ConnId, usize>,
     next_id: u64,
     more_accept: bool,
     more_read: Vec<usize>,
@@ -105,11 +109,15 @@ impl HubServer {
     /// Binds the listener and builds the hub.
     pub fn new(config: HubServerConfig) -> Result<HubServer, Error> {
         config.validate()?;
-        let seed = config.seed.unwrap_or_else(|| {
-            hybridcast_runtime::random_seed().unwrap_or_else(hybridcast_runtime::unix_millis)
-        });
+        let secret = match config.secret {
+            Some(s) => s,
+            None => hybridcast_runtime::random_secret().ok_or_else(|| Error::Config {
+                field: "secret",
+                reason: "the operating system's random source failed".into(),
+            })?,
+        };
         let slots = config.hub.max_connections + SPARE_SLOTS;
-        let hub = Hub::new(config.hub, seed).map_err(|e| Error::Config {
+        let hub = Hub::new(config.hub, secret).map_err(|e| Error::Config {
             field: "hub",
             reason: e.to_string(),
         })?;
@@ -125,6 +133,7 @@ impl HubServer {
             registry: None,
             base: 0,
             slots: (0..slots).map(|_| None).collect(),
+            by_id: HashMap::new(),
             next_id: 0,
             more_accept: false,
             more_read: Vec::new(),
@@ -250,6 +259,7 @@ impl HubServer {
                     self.next_id += 1;
                     let id = ConnId(self.next_id);
                     self.slots[slot] = Some(Slot { stream, id });
+                    self.by_id.insert(id, slot);
                     self.hub.accept(now, id);
                     self.settle(now);
                 }
@@ -313,6 +323,7 @@ impl HubServer {
     /// The connection ended: the hub announces the member's departure.
     fn drop_slot(&mut self, slot: usize, now: Instant) {
         if let Some(mut s) = self.slots[slot].take() {
+            self.by_id.remove(&s.id);
             if let Some(r) = &self.registry {
                 let _ = r.deregister(&mut s.stream);
             }
@@ -321,9 +332,7 @@ impl HubServer {
     }
 
     fn slot_of(&self, id: ConnId) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.id == id))
+        self.by_id.get(&id).copied()
     }
 
     /// Carries out the hub's closes and writes what it queued.
@@ -337,6 +346,7 @@ impl HubServer {
                     // The bye, as far as the socket takes it now.
                     self.write(slot, now);
                     if let Some(mut s) = self.slots[slot].take() {
+                        self.by_id.remove(&s.id);
                         let _ = s.stream.shutdown(std::net::Shutdown::Both);
                         if let Some(r) = &self.registry {
                             let _ = r.deregister(&mut s.stream);

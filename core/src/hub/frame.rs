@@ -561,8 +561,12 @@ impl FrameDecoder {
             self.buf.reserve(LEN_PREFIX + len - self.buf.len());
             return Ok(None);
         }
-        self.buf.advance(LEN_PREFIX);
-        let frame = self.buf.split_to(len).freeze();
+        // The frame is copied out of the stream buffer, not split from it: a relayed datagram
+        // may be held for long in queues, and a slice of the buffer would keep the whole block
+        // it was read into alive (up to a frame and a read of memory for a 13-byte frame).
+        // The buffer stays unshared and is reused.
+        let frame = Bytes::copy_from_slice(&self.buf[LEN_PREFIX..LEN_PREFIX + len]);
+        self.buf.advance(LEN_PREFIX + len);
         match Frame::decode(frame) {
             Ok(f) => Ok(Some(f)),
             Err(e) => {
@@ -644,6 +648,34 @@ mod tests {
         }
         assert_eq!(got, frames);
         assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn a_decoded_datagram_holds_only_its_own_frame() {
+        // Three frames read at once: what the first carries must not keep the stream buffer
+        // (and the other frames) alive, or a member could pin a whole read per tiny frame.
+        let d = Bytes::from_static(b"HYBC-a-small-datagram");
+        let mut stream = Vec::new();
+        for id in 1..=3 {
+            stream.extend_from_slice(
+                &Frame::Group {
+                    id,
+                    datagram: d.clone(),
+                }
+                .encode(),
+            );
+        }
+        stream.extend_from_slice(&[0, 0, 1, 0]); // and the start of a fourth
+        let mut dec = FrameDecoder::new();
+        dec.push(&stream);
+        let Ok(Some(Frame::Group { datagram, .. })) = dec.next_frame() else {
+            panic!("a group frame");
+        };
+        assert_eq!(datagram, d);
+        assert!(
+            datagram.is_unique(),
+            "the datagram shares its memory with the stream buffer"
+        );
     }
 
     #[test]

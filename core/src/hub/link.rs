@@ -23,13 +23,17 @@ pub struct LinkConfig {
     /// timeout must be longer) sees the member alive and the link sees the hub answer.
     /// Default 1 s.
     pub keepalive: Duration,
-    /// A frame the hub has not acknowledged after this long means the hub is gone: the link
-    /// closes the connection and connects again. Default 5 s; longer than `keepalive`.
+    /// With frames unacknowledged, this long without the hub acknowledging any (counted from
+    /// the later of the oldest one's sending and the last acknowledgement) means the hub is
+    /// gone: the link closes the connection and connects again. Default 5 s; longer than
+    /// `keepalive`.
     pub ack_timeout: Duration,
     /// Connecting and registering must complete within this time. Default 5 s.
     pub connect_timeout: Duration,
-    /// The first wait before connecting again after a loss; it doubles after each failed
-    /// attempt up to `backoff_max`, with up to a quarter of random jitter. Default 50 ms.
+    /// The first wait before connecting again after a loss; it doubles after each attempt
+    /// that does not lead to a registration lasting `backoff_max` × 4 (so a connection the
+    /// hub keeps dropping does not reconnect at the first rate), up to `backoff_max`, with up
+    /// to a quarter of random jitter. Default 50 ms.
     pub backoff_min: Duration,
     /// The longest wait between attempts. Default 2 s.
     pub backoff_max: Duration,
@@ -60,8 +64,19 @@ impl LinkConfig {
         if self.hub.port() == 0 {
             return bad("hub", format!("{} has no port", self.hub));
         }
-        if self.keepalive.is_zero() {
-            return bad("keepalive", "must be positive".into());
+        for (field, d) in [
+            ("keepalive", self.keepalive),
+            ("ack_timeout", self.ack_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("backoff_min", self.backoff_min),
+            ("backoff_max", self.backoff_max),
+        ] {
+            if d.is_zero() || d > super::server::MAX_TIMEOUT {
+                return bad(
+                    field,
+                    format!("{d:?} is not within (0, {:?}]", super::server::MAX_TIMEOUT),
+                );
+            }
         }
         if self.ack_timeout <= self.keepalive {
             return bad(
@@ -72,10 +87,7 @@ impl LinkConfig {
                 ),
             );
         }
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout", "must be positive".into());
-        }
-        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
+        if self.backoff_max < self.backoff_min {
             return bad(
                 "backoff_min",
                 format!(
@@ -193,8 +205,8 @@ enum State {
     Waiting { until: Instant },
     /// Connecting, or connected and registering, until `deadline`.
     Connecting { deadline: Instant, open: bool },
-    /// Registered: datagrams flow.
-    Registered,
+    /// Registered since `since`: datagrams flow.
+    Registered { since: Instant },
     /// Closed for good ([`HubLink::close`]).
     Closed,
 }
@@ -229,6 +241,10 @@ pub struct HubLink {
     unacked_bytes: usize,
     next_id: u64,
     last_sent: Instant,
+    /// The last time an acknowledgement released frames (or the registration).
+    last_acked: Instant,
+    /// A challenge was answered on this connection.
+    challenged: bool,
     backoff: Duration,
     actions: VecDeque<LinkAction>,
     events: VecDeque<LinkEvent>,
@@ -263,6 +279,8 @@ impl HubLink {
             unacked_bytes: 0,
             next_id: 1,
             last_sent: now,
+            last_acked: now,
+            challenged: false,
             backoff,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -298,7 +316,7 @@ impl HubLink {
 
     /// Whether the hub has accepted the registration on the current connection.
     pub fn is_registered(&self) -> bool {
-        self.state == State::Registered
+        matches!(self.state, State::Registered { .. })
     }
 
     /// Counters.
@@ -322,7 +340,9 @@ impl HubLink {
     pub fn connection_lost(&mut self, now: Instant) {
         match self.state {
             State::Connecting { open: false, .. } => self.lose(now, LinkLoss::ConnectFailed, false),
-            State::Connecting { .. } | State::Registered => self.lose(now, LinkLoss::Closed, false),
+            State::Connecting { .. } | State::Registered { .. } => {
+                self.lose(now, LinkLoss::Closed, false)
+            }
             State::Waiting { .. } | State::Closed => {}
         }
     }
@@ -332,7 +352,7 @@ impl HubLink {
         for piece in bytes.chunks(LEN_PREFIX + MAX_FRAME_LEN) {
             if !matches!(
                 self.state,
-                State::Connecting { open: true, .. } | State::Registered
+                State::Connecting { open: true, .. } | State::Registered { .. }
             ) {
                 return;
             }
@@ -369,7 +389,7 @@ impl HubLink {
     /// Says goodbye to the hub: queues a [`Frame::Bye`] after what is queued, and never
     /// connects again. Write what [`HubLink::peek_output`] holds, then close the connection.
     pub fn close(&mut self) {
-        if self.state == State::Registered {
+        if self.is_registered() {
             self.out.push(
                 Frame::Bye {
                     reason: CloseReason::Closed,
@@ -393,12 +413,13 @@ impl HubLink {
                     to: self.config.hub,
                 });
             }
-            State::Connecting { deadline, open } if now >= deadline => {
-                self.lose(now, LinkLoss::HandshakeTimeout, open)
+            State::Connecting { deadline, .. } if now >= deadline => {
+                // Closed even if not yet open: the attempt is abandoned.
+                self.lose(now, LinkLoss::HandshakeTimeout, true)
             }
-            State::Registered => {
+            State::Registered { .. } => {
                 if let Some(&(_, _, sent)) = self.unacked.front() {
-                    if now >= sent + self.config.ack_timeout {
+                    if now >= sent.max(self.last_acked) + self.config.ack_timeout {
                         self.lose(now, LinkLoss::AckTimeout, true);
                         return;
                     }
@@ -417,10 +438,12 @@ impl HubLink {
         match self.state {
             State::Waiting { until } => Some(until),
             State::Connecting { deadline, .. } => Some(deadline),
-            State::Registered => {
+            State::Registered { .. } => {
                 let keep = self.last_sent + self.config.keepalive;
                 Some(match self.unacked.front() {
-                    Some(&(_, _, sent)) => keep.min(sent + self.config.ack_timeout),
+                    Some(&(_, _, sent)) => {
+                        keep.min(sent.max(self.last_acked) + self.config.ack_timeout)
+                    }
                     None => keep,
                 })
             }
@@ -483,7 +506,7 @@ impl HubLink {
     // ----- internals -----
 
     fn send_datagram(&mut self, now: Instant, to: Option<MemberKey>, datagram: Bytes) -> bool {
-        if self.state != State::Registered || datagram.is_empty() {
+        if !self.is_registered() || datagram.is_empty() {
             self.stats.dropped_offline += 1;
             return false;
         }
@@ -517,9 +540,10 @@ impl HubLink {
             self.lose(now, LinkLoss::Bye(reason), true);
             return false;
         }
-        if self.state != State::Registered {
+        if !self.is_registered() {
             match frame {
-                Frame::Challenge { nonce } => {
+                Frame::Challenge { nonce } if !self.challenged => {
+                    self.challenged = true;
                     let tag = self
                         .keys
                         .as_ref()
@@ -534,10 +558,10 @@ impl HubLink {
                         .encode(),
                     );
                 }
-                Frame::Welcome => {
-                    self.state = State::Registered;
-                    self.backoff = self.config.backoff_min;
+                Frame::Welcome if self.challenged => {
+                    self.state = State::Registered { since: now };
                     self.last_sent = now;
+                    self.last_acked = now;
                     self.stats.registrations += 1;
                     self.events.push_back(LinkEvent::Registered);
                 }
@@ -565,6 +589,7 @@ impl HubLink {
                     }
                     self.unacked.pop_front();
                     self.unacked_bytes -= len;
+                    self.last_acked = now;
                 }
             }
             Frame::Undeliverable { to, .. } => {
@@ -599,11 +624,26 @@ impl HubLink {
         if self.state == State::Closed {
             return;
         }
+        if let State::Registered { since } = self.state {
+            if now >= since + self.config.backoff_max * 4 {
+                // A registration that lasted: this loss starts a fresh series of attempts.
+                self.backoff = self.config.backoff_min;
+            }
+        }
+        if let LinkLoss::Bye(
+            CloseReason::Stale | CloseReason::WrongCluster | CloseReason::Unauthenticated,
+        ) = why
+        {
+            // The hub will refuse again until someone changes the configuration (or, for a
+            // stale incarnation, forever: a newer process of this member is registered).
+            self.backoff = self.config.backoff_max;
+        }
         self.decoder = FrameDecoder::new();
         self.out.clear();
         self.unacked.clear();
         self.unacked_bytes = 0;
         self.next_id = 1;
+        self.challenged = false;
         let jitter = self.backoff.mul_f64(self.rng.unit() / 4.0);
         self.state = State::Waiting {
             until: now + self.backoff + jitter,

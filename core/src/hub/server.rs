@@ -6,9 +6,11 @@ use super::frame::{
 };
 use super::outbox::Outbox;
 use crate::auth::Keyring;
-use crate::ids::{ClusterId, MemberKey, Rng};
+use crate::ids::{ClusterId, MemberKey};
 use crate::wire;
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,11 @@ pub struct HubConfig {
     /// what it missed is repaired by the protocol's recovery once it is back. Default 8 MiB;
     /// at least two of the largest frames.
     pub max_queued_bytes: usize,
+    /// Most bytes queued for all connections together. A relay that would go beyond it
+    /// disconnects the member with the longest queue as a slow consumer (until the relay
+    /// fits), so members that do not read cannot together hold `max_connections` ×
+    /// `max_queued_bytes`. Default 256 MiB; at least `max_queued_bytes`.
+    pub max_total_queued_bytes: usize,
     /// A connection must register within this time of being accepted, or it is closed
     /// ([`CloseReason::Idle`]). Default 5 s.
     pub hello_timeout: Duration,
@@ -56,6 +63,7 @@ impl HubConfig {
             keys: None,
             max_connections: 1024,
             max_queued_bytes: 8 << 20,
+            max_total_queued_bytes: 256 << 20,
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
         }
@@ -77,15 +85,30 @@ impl HubConfig {
                 ),
             );
         }
-        if self.hello_timeout.is_zero() {
-            return bad("hello_timeout", "must be positive".into());
+        if self.max_total_queued_bytes < self.max_queued_bytes {
+            return bad(
+                "max_total_queued_bytes",
+                format!(
+                    "{} is below max_queued_bytes {}",
+                    self.max_total_queued_bytes, self.max_queued_bytes
+                ),
+            );
         }
-        if self.idle_timeout.is_zero() {
-            return bad("idle_timeout", "must be positive".into());
+        for (field, d) in [
+            ("hello_timeout", self.hello_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() || d > MAX_TIMEOUT {
+                return bad(field, format!("{d:?} is not within (0, {MAX_TIMEOUT:?}]"));
+            }
         }
         Ok(())
     }
 }
+
+/// The longest timeout a hub or link setting may have (one day): longer ones would make
+/// deadline arithmetic overflow and mean nothing in practice.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// A [`HubConfig`] field with a value the hub cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,7 +255,11 @@ struct Conn {
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
-    rng: Rng,
+    /// Keys the challenges' nonces: each is a MAC of a counter under it.
+    nonces: Hmac<Sha256>,
+    challenges: u64,
+    /// Bytes queued over every connection.
+    queued: usize,
     conns: BTreeMap<ConnId, Conn>,
     /// Registered members and the connection each is on.
     members: BTreeMap<MemberKey, ConnId>,
@@ -247,13 +274,24 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub with no connections. `seed` feeds the challenges' nonces: give it fresh
-    /// randomness (the runtimes draw it from the operating system).
-    pub fn new(config: HubConfig, seed: u64) -> Result<Hub, HubConfigError> {
+    /// A hub with no connections. `secret` keys the challenges' nonces (each is a MAC of a
+    /// counter under it), so whoever sees challenges cannot predict the next: give it 32 bytes
+    /// of fresh randomness on every start (the runtimes draw them from the operating system).
+    /// A repeated secret repeats the nonces, and a registration recorded on one connection
+    /// would then be good on the same-numbered connection of another run.
+    pub fn new(config: HubConfig, secret: [u8; 32]) -> Result<Hub, HubConfigError> {
         config.validate()?;
+        let Ok(nonces) = Hmac::<Sha256>::new_from_slice(&secret) else {
+            return Err(HubConfigError {
+                field: "secret",
+                reason: "unusable".into(),
+            });
+        };
         Ok(Hub {
             config,
-            rng: Rng::new(seed),
+            nonces,
+            challenges: 0,
+            queued: 0,
             conns: BTreeMap::new(),
             members: BTreeMap::new(),
             ready: VecDeque::new(),
@@ -276,7 +314,7 @@ impl Hub {
         let mut s = self.stats.clone();
         s.connections = self.conns.len();
         s.registered = self.members.len();
-        s.queued_bytes = self.conns.values().map(|c| c.out.len()).sum();
+        s.queued_bytes = self.queued;
         s
     }
 
@@ -301,9 +339,11 @@ impl Hub {
             return;
         }
         self.stats.accepted += 1;
+        self.challenges += 1;
+        let mut mac = self.nonces.clone();
+        mac.update(&self.challenges.to_be_bytes());
         let mut nonce = [0u8; NONCE_LEN];
-        nonce[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
-        nonce[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        nonce.copy_from_slice(&mac.finalize().into_bytes()[..NONCE_LEN]);
         self.conns.insert(
             conn,
             Conn {
@@ -366,6 +406,7 @@ impl Hub {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.queued -= c.out.len();
         match c.phase {
             Phase::Registered {
                 member,
@@ -382,6 +423,7 @@ impl Hub {
                     conn,
                     reason: CloseReason::Closed,
                 });
+                self.trim_events();
             }
             Phase::Closing => {}
         }
@@ -446,7 +488,9 @@ impl Hub {
     /// `n` bytes of what [`Hub::peek_output`] returned were written.
     pub fn consume_output(&mut self, conn: ConnId, n: usize) {
         if let Some(c) = self.conns.get_mut(&conn) {
+            let before = c.out.len();
             c.out.consume(n);
+            self.queued -= before - c.out.len();
         }
     }
 
@@ -642,27 +686,59 @@ impl Hub {
     /// Queues a frame for `conn` within its limit; over the limit the connection is marked to
     /// close as a slow consumer and nothing is queued.
     fn enqueue(&mut self, conn: ConnId, chunks: &[Bytes]) -> bool {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        if matches!(c.phase, Phase::Closing) || self.is_closing_soon(conn) {
+            return false;
+        }
+        if c.out.len() + len > self.config.max_queued_bytes {
+            self.to_close.push((conn, CloseReason::SlowConsumer));
+            return false;
+        }
+        // Over the total, the longest queues go first (they are the slowest readers), until
+        // this frame fits; it may be this connection's own.
+        while self.queued_after_closes() + len > self.config.max_total_queued_bytes {
+            let longest = self
+                .conns
+                .iter()
+                .filter(|(id, c)| !matches!(c.phase, Phase::Closing) && !self.is_closing_soon(**id))
+                .max_by_key(|(id, c)| (c.out.len(), **id))
+                .map(|(id, _)| *id);
+            let Some(longest) = longest else {
+                return false;
+            };
+            self.to_close.push((longest, CloseReason::SlowConsumer));
+            if longest == conn {
+                return false;
+            }
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
-        if matches!(c.phase, Phase::Closing) {
-            return false;
-        }
-        let len: usize = chunks.iter().map(Bytes::len).sum();
-        if c.out.len() + len > self.config.max_queued_bytes {
-            if !self.to_close.iter().any(|(id, _)| *id == conn) {
-                self.to_close.push((conn, CloseReason::SlowConsumer));
-            }
-            return false;
-        }
-        for ch in chunks {
-            c.out.push(ch.clone());
-        }
+        c.out.push_frame(chunks);
+        self.queued += len;
         self.stats.peak_queued_bytes = self.stats.peak_queued_bytes.max(c.out.len());
         if self.ready_set.insert(conn) {
             self.ready.push_back(conn);
         }
         true
+    }
+
+    fn is_closing_soon(&self, conn: ConnId) -> bool {
+        self.to_close.iter().any(|(id, _)| *id == conn)
+    }
+
+    /// Bytes queued, less those of connections about to be closed (their queues go).
+    fn queued_after_closes(&self) -> usize {
+        let going: usize = self
+            .to_close
+            .iter()
+            .filter_map(|(id, _)| self.conns.get(id))
+            .map(|c| c.out.len())
+            .sum();
+        self.queued.saturating_sub(going)
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) {
@@ -675,23 +751,21 @@ impl Hub {
             return;
         };
         let phase = std::mem::replace(&mut c.phase, Phase::Closing);
+        if matches!(phase, Phase::Closing) {
+            return;
+        }
+        // Its queue goes first, so the announcement below is measured against what stays.
+        self.finish_close(conn, reason);
         match phase {
-            Phase::Closing => return,
             Phase::Registered {
                 member,
                 incarnation,
-            } => {
-                if self.members.get(&member) == Some(&conn) {
-                    self.members.remove(&member);
-                }
-                self.depart(conn, member, incarnation, reason);
-            }
-            Phase::Challenged { .. } => {
+            } => self.depart(conn, member, incarnation, reason),
+            _ => {
                 self.events.push_back(HubEvent::Refused { conn, reason });
                 self.trim_events();
             }
         }
-        self.finish_close(conn, reason);
     }
 
     /// The connection (already `Closing`) gets its bye and the runtime is told to close it.
@@ -699,9 +773,12 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.out.clear();
+        // A frame partly written is finished first, or the bye would land inside it.
+        let before = c.out.len();
+        c.out.cut_after_current();
         // The bye may exceed the queue limit: it is the last frame, and it is small.
         c.out.push(Frame::Bye { reason }.encode());
+        self.queued = self.queued - before + c.out.len();
         if self.ready_set.insert(conn) {
             self.ready.push_back(conn);
         }

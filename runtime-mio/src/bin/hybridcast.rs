@@ -67,7 +67,8 @@ struct NodeArgs {
     clone_index: Option<u32>,
     /// Send group traffic through the hub at this address (`hybridcast hub`) instead of IP
     /// multicast: for networks that do not route multicast. --group, --interface and --ttl
-    /// are then unused.
+    /// are then unused; an --http on 0.0.0.0 is advertised with this host's address towards
+    /// the hub.
     #[arg(long)]
     hub: Option<SocketAddr>,
     /// Multicast group and port.

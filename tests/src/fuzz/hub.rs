@@ -132,7 +132,9 @@ fn run(data: &[u8]) -> hybridcast_core::hub::HubStats {
     }
     let max_queue = config.max_queued_bytes;
     let mut now = Instant::now();
-    let Ok(mut hub) = Hub::new(config, input.u64()) else {
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(&input.u64().to_le_bytes());
+    let Ok(mut hub) = Hub::new(config, secret) else {
         panic!("valid hub settings refused");
     };
     let mut next_conn = 1u64;
