@@ -223,7 +223,11 @@ fn hub_mode_across_runtimes_survives_a_hub_crash() {
             "the hub members never converged: {:#?}",
             cluster.views().await
         );
-        assert_eq!(hub_registered(&hub), 4, "every member registered at the hub");
+        assert_eq!(
+            hub_registered(&hub),
+            4,
+            "every member registered at the hub"
+        );
         assert!(cluster.smol_registered(true).await);
 
         // A message from each reaches all the others.
@@ -247,7 +251,10 @@ fn hub_mode_across_runtimes_survives_a_hub_crash() {
             );
         }
         let (before, _) = hub.stats().expect("hub running");
-        assert!(before.group_frames > 0 && before.copies_out > 0, "{before:?}");
+        assert!(
+            before.group_frames > 0 && before.copies_out > 0,
+            "{before:?}"
+        );
 
         // The hub crashes: every link notices and stops counting itself registered.
         hub.crash();
@@ -260,7 +267,10 @@ fn hub_mode_across_runtimes_survives_a_hub_crash() {
         for (name, n) in &cluster.smol {
             let (core, _) = n.stats().await.expect("running");
             let link = n.hub_stats().await.expect("running").expect("hub mode");
-            assert!(link.datagrams_in > 0 && link.datagrams_out > 0, "{name}: {link:?}");
+            assert!(
+                link.datagrams_in > 0 && link.datagrams_out > 0,
+                "{name}: {link:?}"
+            );
             assert_eq!(
                 core.datagrams_in, link.datagrams_in,
                 "{name}: datagrams from elsewhere than the hub"

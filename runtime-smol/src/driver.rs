@@ -263,8 +263,7 @@ impl Driver {
         .into_iter()
         .flatten()
         .min();
-        let (udp, paused, sends_waiting) =
-            (&self.udp, self.receive_paused, !self.sends.is_empty());
+        let (udp, paused, sends_waiting) = (&self.udp, self.receive_paused, !self.sends.is_empty());
         let inbox = &self.inbox;
         let link_conn = self.hub.as_mut();
         let timer = async {
@@ -525,7 +524,10 @@ impl Driver {
                 h.link.connected(now);
             }
             Err(e) => {
-                tracing::debug!("connecting to the hub at {} failed: {e}", h.link.config().hub);
+                tracing::debug!(
+                    "connecting to the hub at {} failed: {e}",
+                    h.link.config().hub
+                );
                 h.conn = HubConn::None;
                 h.link.connection_lost(now);
             }

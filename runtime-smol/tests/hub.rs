@@ -102,6 +102,10 @@ impl Scripted {
 
     /// Reads up to the member's first group datagram of kind `kind`.
     async fn until_group(&mut self, kind: Kind) -> Hello {
+        within("a group datagram of that kind", self.scan(kind)).await
+    }
+
+    async fn scan(&mut self, kind: Kind) -> Hello {
         loop {
             match self.next().await {
                 Some(Frame::Group { datagram, .. }) => {
