@@ -1,8 +1,10 @@
-//! The driver task: the only owner of the core node.
+//! The driver task: the only owner of the core node (and, in hub mode, of the link to the
+//! hub and its connection).
 
 use crate::http::{self, Client, Msg, Shared};
 use bytes::Bytes;
 use futures_lite::future;
+use hybridcast_core::hub::{HubLink, LinkAction, LinkEvent, LinkStats};
 use hybridcast_core::{
     CommandError, Event, Node, RequestId, SessionError, SessionId, SessionInfo, SessionState,
     SessionToken, Stats, Transmit, Value,
@@ -13,8 +15,10 @@ use hybridcast_runtime::{
 };
 use smol::channel::{self, Receiver, Sender, TrySendError};
 use smol::{Async, Task};
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,12 @@ const EVENTS_RECHECK: Duration = Duration::from_millis(20);
 /// How long the driver stops reading the multicast socket after a receive error (so that an
 /// error that persists cannot make it spin).
 const RECEIVE_PAUSE: Duration = Duration::from_millis(10);
+/// Reads of the hub connection per wake-up before the driver looks at its other sources.
+const HUB_READ_BATCH: usize = 16;
+/// On a graceful leave, how long the driver waits for the Leave datagram and the goodbye to
+/// reach the hub, and for the hub to close its end (an unresponsive hub cannot hold a leave
+/// up longer).
+const HUB_GOODBYE: Duration = Duration::from_secs(1);
 
 pub(crate) enum Command {
     Bind(String, String, Sender<Result<(), CommandError>>),
@@ -34,6 +44,7 @@ pub(crate) enum Command {
     Publish(String, Bytes, Sender<Result<u64, CommandError>>),
     View(Sender<ClusterView>),
     Stats(Sender<(Stats, RuntimeStats)>),
+    Hub(Sender<Option<HubStatus>>),
     Session(SessionCommand),
     Resume(SessionToken, Sender<Result<Resumed, SessionError>>),
     Leave,
@@ -52,9 +63,37 @@ pub(crate) enum SessionCommand {
 
 pub(crate) type Reply<T> = Sender<Result<T, SessionError>>;
 
+/// The hub link's state, for [`crate::Node::hub_stats`] and [`crate::Node::hub_registered`].
+pub(crate) struct HubStatus {
+    pub stats: LinkStats,
+    pub registered: bool,
+}
+
+/// A connection being opened: `Async::<TcpStream>::connect`, polled by the driver's wait
+/// beside its other sources (so it never blocks them) and dropped to abandon it.
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Async<TcpStream>>> + Send>>;
+
+/// Hub mode: the link and the connection it asked for.
+struct Hub {
+    link: HubLink,
+    conn: HubConn,
+}
+
+enum HubConn {
+    /// No connection (the link waits for its backoff, or has closed for good).
+    None,
+    /// Being opened.
+    Connecting(Connecting),
+    /// Open: bytes move both ways.
+    Open(Async<TcpStream>),
+}
+
 pub(crate) struct Driver {
     node: Node,
-    udp: Async<UdpSocket>,
+    /// The multicast socket; `None` in hub mode.
+    udp: Option<Async<UdpSocket>>,
+    /// The link to the hub in hub mode; `None` with multicast.
+    hub: Option<Hub>,
     /// The task serving the HTTP listener.
     accept: Task<()>,
     /// Messages from connection tasks.
@@ -81,6 +120,12 @@ pub(crate) struct Driver {
 enum Wake {
     Datagram,
     Writable,
+    /// The hub connection being opened is open, or failed to open.
+    HubConnected(io::Result<Async<TcpStream>>),
+    /// The hub connection has bytes to read (or was closed).
+    HubReadable,
+    /// The hub connection has room for the link's output.
+    HubWritable,
     Command(Option<Command>),
     Msg(Msg),
     Timer,
@@ -89,13 +134,16 @@ enum Wake {
 impl Driver {
     pub fn new(cfg: RuntimeConfig, outbox: Sender<Event>) -> Result<Driver, Error> {
         let p = hybridcast_runtime::prepare(cfg, Instant::now())?;
-        let Some(udp) = p.udp else {
-            return Err(Error::Config {
-                field: "transport",
-                reason: "hub mode is not supported by the smol runtime yet".into(),
-            });
+        let udp = match p.udp {
+            Some(udp) => {
+                Some(Async::new(udp).map_err(Error::io("registering the multicast socket"))?)
+            }
+            None => None,
         };
-        let udp = Async::new(udp).map_err(Error::io("registering the multicast socket"))?;
+        let hub = p.link.map(|link| Hub {
+            link,
+            conn: HubConn::None,
+        });
         let listener =
             Async::new(p.listener).map_err(Error::io("registering the HTTP listener"))?;
         let shared = Arc::new(Shared::new(&p.config));
@@ -110,6 +158,7 @@ impl Driver {
         Ok(Driver {
             node: p.node,
             udp,
+            hub,
             accept,
             inbox,
             _stop: stop,
@@ -155,6 +204,7 @@ impl Driver {
                             None | Some(Command::Leave) => {
                                 self.node.leave();
                                 self.pump(now);
+                                self.hub_goodbye(now).await;
                                 return;
                             }
                             Some(Command::Crash) => return,
@@ -175,7 +225,16 @@ impl Driver {
                         self.handle(m, now);
                     }
                 }
+                Wake::HubConnected(result) => self.hub_connected(result, now),
+                Wake::HubReadable => self.hub_read(now),
+                Wake::HubWritable => self.hub_write(now),
                 Wake::Timer => {}
+            }
+            if let Some(h) = &mut self.hub {
+                if h.link.poll_timeout().is_some_and(|t| t <= now) {
+                    h.link.handle_timeout(now);
+                    self.hub_deliver(now);
+                }
             }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 // Follow the system clock's corrections (NTP steps, a suspend): authenticated
@@ -190,13 +249,23 @@ impl Driver {
     }
 
     /// Waits for the first of: a datagram, room to send, a command, a message from a
-    /// connection task, the node's deadline.
-    async fn wait(&self, commands: &Receiver<Command>) -> Wake {
+    /// connection task, the node's (or the hub link's) deadline, and in hub mode the
+    /// connection opening, bytes to read from it or room to write the link's output.
+    async fn wait(&mut self, commands: &Receiver<Command>) -> Wake {
         let recheck = self.held.as_ref().map(|_| Instant::now() + EVENTS_RECHECK);
-        let deadline = [self.node.poll_timeout(), recheck, self.client.next_expiry()]
-            .into_iter()
-            .flatten()
-            .min();
+        let link = self.hub.as_ref().and_then(|h| h.link.poll_timeout());
+        let deadline = [
+            self.node.poll_timeout(),
+            recheck,
+            self.client.next_expiry(),
+            link,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let (udp, paused, sends_waiting) = (&self.udp, self.receive_paused, !self.sends.is_empty());
+        let inbox = &self.inbox;
+        let link_conn = self.hub.as_mut();
         let timer = async {
             match deadline {
                 Some(d) => async_io::Timer::at(d).await,
@@ -205,29 +274,57 @@ impl Driver {
             Wake::Timer
         };
         let readable = async {
-            if let Some(until) = self.receive_paused {
+            let Some(udp) = udp else {
+                return future::pending().await;
+            };
+            if let Some(until) = paused {
                 async_io::Timer::at(until).await;
             }
             // An error shows again on the receive that follows.
-            let _ = self.udp.readable().await;
+            let _ = udp.readable().await;
             Wake::Datagram
         };
         let writable = async {
-            if self.sends.is_empty() {
-                future::pending::<()>().await;
-            }
-            let _ = self.udp.writable().await;
+            let Some(udp) = udp.as_ref().filter(|_| sends_waiting) else {
+                return future::pending().await;
+            };
+            let _ = udp.writable().await;
             Wake::Writable
         };
         let command = async { Wake::Command(commands.recv().await.ok()) };
         let msg = async {
-            match self.inbox.recv().await {
+            match inbox.recv().await {
                 Ok(m) => Wake::Msg(m),
                 Err(_) => future::pending().await,
             }
         };
+        let hub = async {
+            let Some(h) = link_conn else {
+                return future::pending().await;
+            };
+            let output = h.link.peek_output().is_some();
+            match &mut h.conn {
+                HubConn::None => future::pending().await,
+                HubConn::Connecting(opening) => Wake::HubConnected(opening.await),
+                HubConn::Open(stream) => {
+                    let read = async {
+                        // An error or a close shows on the read that follows.
+                        let _ = stream.readable().await;
+                        Wake::HubReadable
+                    };
+                    let write = async {
+                        if !output {
+                            future::pending::<()>().await;
+                        }
+                        let _ = stream.writable().await;
+                        Wake::HubWritable
+                    };
+                    future::race(read, write).await
+                }
+            }
+        };
         future::race(
-            future::race(readable, command),
+            future::race(future::race(readable, hub), command),
             future::race(msg, future::race(timer, writable)),
         )
         .await
@@ -237,8 +334,11 @@ impl Driver {
     /// buffer) is logged and reading pauses briefly, as the loss it may cause is recovered.
     fn receive(&mut self, now: Instant) {
         self.receive_paused = None;
+        let Some(udp) = &self.udp else {
+            return;
+        };
         for _ in 0..BATCH {
-            match self.udp.get_ref().recv_from(&mut self.buf) {
+            match udp.get_ref().recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     if self.drops.drop_next(&mut self.shared.stats()) {
                         continue;
@@ -269,6 +369,13 @@ impl Driver {
             Command::Stats(reply) => {
                 let runtime = self.shared.stats().clone();
                 drop(reply.try_send((self.node.stats(), runtime)))
+            }
+            Command::Hub(reply) => {
+                let status = self.hub.as_ref().map(|h| HubStatus {
+                    stats: h.link.stats(),
+                    registered: h.link.is_registered(),
+                });
+                drop(reply.try_send(status))
             }
             Command::Session(c) => self.session(c, now),
             Command::Resume(token, reply) => {
@@ -312,16 +419,19 @@ impl Driver {
         }
     }
 
-    /// Sends what the node queued, starts the requests it asked for, forwards its events.
-    /// Every event is shown to the waiting resumes as it is taken from the node, before it
-    /// waits (held) for room in the owner's queue.
+    /// Sends what the node queued, starts the requests it asked for, carries out the hub
+    /// link's actions and writes its output, forwards the node's events. Every event is shown
+    /// to the waiting resumes as it is taken from the node, before it waits (held) for room
+    /// in the owner's queue.
     fn pump(&mut self, now: Instant) {
         while let Some(t) = self.node.poll_transmit() {
             match t {
-                Transmit::Group(d) => self.send(d),
+                Transmit::Group(d) => self.send(now, d),
                 Transmit::Request { id, to, request } => self.ask(now, id, to, request),
             }
         }
+        self.hub_act();
+        self.hub_write(now);
         loop {
             let e = match self.held.take() {
                 Some(e) => e,
@@ -352,8 +462,17 @@ impl Driver {
         }
     }
 
-    fn send(&mut self, datagram: Bytes) {
-        let (udp, group) = (&self.udp, self.group);
+    fn send(&mut self, now: Instant, datagram: Bytes) {
+        if let Some(h) = &mut self.hub {
+            // Dropped (and counted by the link) while no connection is registered or its
+            // window is full, as a multicast datagram may be lost: the receivers recover it.
+            h.link.send_group(now, datagram);
+            return;
+        }
+        let Some(udp) = &self.udp else {
+            return;
+        };
+        let group = self.group;
         let dropped = self
             .sends
             .send(datagram, |d| udp.get_ref().send_to(d, group));
@@ -363,10 +482,236 @@ impl Driver {
     }
 
     fn flush_sends(&mut self) {
-        let (udp, group) = (&self.udp, self.group);
+        let Some(udp) = &self.udp else {
+            return;
+        };
+        let group = self.group;
         let dropped = self.sends.flush(|d| udp.get_ref().send_to(d, group));
         if dropped > 0 {
             self.shared.stats().send_drops += dropped;
         }
     }
+
+    // ----- hub mode -----
+
+    /// Carries out the link's actions: open a connection (raced in [`Driver::wait`], so it
+    /// never holds the driver up), or drop the current one.
+    fn hub_act(&mut self) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        while let Some(action) = h.link.poll_action() {
+            match action {
+                LinkAction::Connect { to } => {
+                    tracing::debug!("connecting to the hub at {to}");
+                    h.conn = HubConn::Connecting(Box::pin(Async::<TcpStream>::connect(to)));
+                }
+                LinkAction::Close => h.conn = HubConn::None,
+            }
+        }
+    }
+
+    /// The connection being opened is open (the link starts registering), or failed.
+    fn hub_connected(&mut self, result: io::Result<Async<TcpStream>>, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        match result {
+            Ok(stream) => {
+                // Small frames (acks, pings, heartbeats) should not wait for more.
+                let _ = stream.get_ref().set_nodelay(true);
+                h.conn = HubConn::Open(stream);
+                h.link.connected(now);
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "connecting to the hub at {} failed: {e}",
+                    h.link.config().hub
+                );
+                h.conn = HubConn::None;
+                h.link.connection_lost(now);
+            }
+        }
+        self.hub_deliver(now);
+    }
+
+    /// Reads what the hub sent, up to [`HUB_READ_BATCH`] reads (more wakes the driver
+    /// again), and hands it to the link and on to the node.
+    fn hub_read(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        let HubConn::Open(stream) = &h.conn else {
+            return;
+        };
+        let (mut lost, mut dropped) = (false, false);
+        for _ in 0..HUB_READ_BATCH {
+            match stream.get_ref().read(&mut self.buf) {
+                Ok(0) => {
+                    lost = true;
+                    break;
+                }
+                Ok(n) => {
+                    h.link.handle_bytes(now, &self.buf[..n]);
+                    // Datagrams reach the node as they are read: the link holds only one
+                    // read's worth.
+                    while let Some(e) = h.link.poll_for_node(now, &mut self.node) {
+                        dropped |= on_link_event(&e);
+                    }
+                    if dropped {
+                        // The link dropped the connection (a bye, a protocol error).
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("reading from the hub failed: {e}");
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        if dropped {
+            h.conn = HubConn::None;
+        } else if lost {
+            self.hub_lost(now);
+        }
+    }
+
+    /// Writes the link's output until it is all written or the socket is full (the wait
+    /// then includes room to write).
+    fn hub_write(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        let HubConn::Open(stream) = &h.conn else {
+            return;
+        };
+        let mut lost = false;
+        while let Some(bytes) = h.link.peek_output() {
+            match stream.get_ref().write(bytes) {
+                Ok(0) => {
+                    lost = true;
+                    break;
+                }
+                Ok(n) => h.link.consume_output(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("writing to the hub failed: {e}");
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        if lost {
+            self.hub_lost(now);
+        }
+    }
+
+    /// The hub connection closed or broke: the link reconnects after its backoff.
+    fn hub_lost(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        h.conn = HubConn::None;
+        h.link.connection_lost(now);
+        self.hub_deliver(now);
+    }
+
+    /// Hands the link's datagrams and departure notices to the node; logs the rest.
+    fn hub_deliver(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        while let Some(e) = h.link.poll_for_node(now, &mut self.node) {
+            if on_link_event(&e) {
+                h.conn = HubConn::None;
+            }
+        }
+    }
+
+    /// On a graceful leave (the node's Leave datagram already handed to the link): says
+    /// goodbye to the hub, writes the Leave and the goodbye out, closes our side and waits
+    /// for the hub to close its own, so that nothing unread turns the close into a reset
+    /// that could discard them; for at most [`HUB_GOODBYE`].
+    async fn hub_goodbye(&mut self, now: Instant) {
+        let Some(h) = &mut self.hub else {
+            return;
+        };
+        h.link.close();
+        let until = Instant::now() + HUB_GOODBYE;
+        let give_up = || async move {
+            async_io::Timer::at(until).await;
+            false
+        };
+        loop {
+            self.hub_write(now);
+            let Some(Hub {
+                link,
+                conn: HubConn::Open(stream),
+            }) = &self.hub
+            else {
+                return;
+            };
+            if link.peek_output().is_none() {
+                break;
+            }
+            let room = async { stream.writable().await.is_ok() };
+            if !future::or(room, give_up()).await {
+                return;
+            }
+        }
+        let Some(Hub {
+            conn: HubConn::Open(stream),
+            ..
+        }) = &self.hub
+        else {
+            return;
+        };
+        if stream.get_ref().shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        // Read (and ignore) what the hub still sends until it closes its end.
+        loop {
+            match stream.get_ref().read(&mut self.buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let more = async { stream.readable().await.is_ok() };
+                    if !future::or(more, give_up()).await {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Logs what the link reports besides datagrams; true for a loss, which ends whatever
+/// connection the driver holds for the link: the link counts it gone, and when it reports a
+/// connect that timed out, the attempt still under way must not be taken up later.
+fn on_link_event(e: &LinkEvent) -> bool {
+    match e {
+        LinkEvent::Registered => tracing::info!("registered with the hub"),
+        LinkEvent::Lost(why) => {
+            tracing::info!(?why, "hub connection lost; reconnecting");
+            return true;
+        }
+        LinkEvent::Departed {
+            member,
+            incarnation,
+            reason,
+        } => tracing::debug!(member = member.0, incarnation, %reason, "hub: member departed"),
+        LinkEvent::Joined {
+            member,
+            incarnation,
+        } => tracing::debug!(member = member.0, incarnation, "hub: member registered"),
+        LinkEvent::Undeliverable { to } => tracing::debug!(to = to.0, "hub: undeliverable"),
+        LinkEvent::Datagram { .. } => {}
+    }
+    false
 }

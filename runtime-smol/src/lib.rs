@@ -1,7 +1,8 @@
 //! # hybridcast-smol
 //!
-//! The smol/async-io runtime of hybridcast: an async member on real UDP multicast and TCP/HTTP
-//! sockets, driving a [`hybridcast_core::Node`]. It speaks the same wire protocol as the mio
+//! The smol/async-io runtime of hybridcast: an async member on real UDP multicast (or, in hub
+//! mode, one TCP connection to a hub) and TCP/HTTP sockets, driving a
+//! [`hybridcast_core::Node`]. It speaks the same wire protocol as the mio
 //! runtime (`hybridcast-mio`), and members of both kinds form one cluster.
 //!
 //! ```no_run
@@ -26,19 +27,46 @@
 //! smol's global executor. Sockets are built by `hybridcast-runtime` with the same options as
 //! the mio runtime's, and the same endpoints are served (`/hybridcast/v1/cluster`,
 //! `/hybridcast/v1/whoami`, `/metrics`).
+//!
+//! ## Hub mode
+//!
+//! Where IP multicast is not routed, set [`RuntimeConfig::transport`] to
+//! [`Transport::Hub`] with the hub's address (a hub is `hybridcast hub --listen ADDR`, or
+//! `hybridcast_mio::spawn_hub`). No multicast socket is opened: the driver also owns the
+//! member's [`HubLink`](hybridcast_core::hub::HubLink) and its TCP connection, opening it
+//! when the link asks (the connect is awaited beside the driver's other sources, never in
+//! its way), reading and writing it as it becomes ready, and opening a new one after the
+//! link's backoff when it is lost. Group datagrams go to the hub, which relays them to every
+//! other member; point-to-point requests still go member to member. A graceful leave sends
+//! the Leave datagram, then a goodbye to the hub. [`Node::hub_stats`] and
+//! [`Node::hub_registered`] show the link's state.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hybridcast_smol::Error> {
+//! use hybridcast_smol::core::hub::LinkConfig;
+//! use hybridcast_smol::{Node, RuntimeConfig, Transport};
+//!
+//! let mut config = RuntimeConfig::new("shop", "web-2");
+//! let hub = std::net::SocketAddr::from(([127, 0, 0, 1], 45_893));
+//! config.transport = Transport::Hub(LinkConfig::new(hub));
+//! let node = Node::start(config).await?;
+//! node.bind("checkout", "http://10.0.0.8:8080").await.ok();
+//! # Ok(()) }
+//! ```
 
 mod driver;
 mod http;
 
 pub use hybridcast_core as core;
 pub use hybridcast_runtime::{
-    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, endpoints, keys,
+    DEFAULT_GROUP, Error, Resumed, RuntimeConfig, RuntimeStats, Transport, endpoints, keys,
     serve::MAX_REQUEST_BODY, unix_millis,
 };
 
 use bytes::Bytes;
 use driver::{Command, SessionCommand};
 use futures_lite::Stream;
+use hybridcast_core::hub::LinkStats;
 use hybridcast_core::{
     CommandError, Event, SessionError, SessionId, SessionInfo, SessionState, SessionToken, Stats,
     Value,
@@ -129,6 +157,19 @@ impl Node {
     /// The core's and the runtime's counters.
     pub async fn stats(&self) -> Result<(Stats, RuntimeStats), Stopped> {
         self.call(Command::Stats).await
+    }
+
+    /// In hub mode, the hub link's counters (connection attempts, registrations, losses,
+    /// datagrams each way, datagrams dropped while offline or beyond the window); `None`
+    /// with multicast.
+    pub async fn hub_stats(&self) -> Result<Option<LinkStats>, Stopped> {
+        Ok(self.call(Command::Hub).await?.map(|h| h.stats))
+    }
+
+    /// In hub mode, whether the hub has accepted this member's registration on the current
+    /// connection (group datagrams flow); false with multicast.
+    pub async fn hub_registered(&self) -> Result<bool, Stopped> {
+        Ok(self.call(Command::Hub).await?.is_some_and(|h| h.registered))
     }
 
     /// Starts a session served by this member (see `hybridcast_core::session`).
