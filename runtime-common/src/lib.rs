@@ -19,6 +19,7 @@
 mod config;
 pub mod endpoints;
 mod group;
+pub mod hub;
 pub mod keys;
 pub mod serve;
 pub mod sessions;

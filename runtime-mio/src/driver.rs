@@ -4,13 +4,13 @@
 use crate::conn::{Conn, Expiry, ReadEnd, Role};
 use bytes::Bytes;
 use hybridcast_core::http::{self, HttpLimits};
-use hybridcast_core::hub::{HubLink, LinkAction, LinkEvent, LinkStats};
+use hybridcast_core::hub::{HubLink, LinkAction, LinkStats};
 use hybridcast_core::{
     CommandError, Event, Node, RequestFailure, RequestId, Resume, SessionError, SessionId,
     SessionInfo, SessionState, SessionToken, Stats, Transmit, Value,
 };
 use hybridcast_runtime::endpoints::WhoAmI;
-use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQueue, serve};
+use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQueue, hub, serve};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use std::collections::BTreeMap;
@@ -558,25 +558,14 @@ impl Driver {
         let Some(h) = &mut self.hub else {
             return;
         };
-        while let Some(e) = h.link.poll_event() {
-            match e {
-                LinkEvent::Datagram { datagram, .. } => {
-                    // The demo's and tests' loss injection applies to relayed datagrams too.
-                    if !self.drops.drop_next(&mut self.stats) {
-                        self.node
-                            .handle_datagram(now, h.link.config().hub, datagram);
-                    }
-                }
-                LinkEvent::Departed {
-                    member,
-                    incarnation,
-                    ..
-                } => {
-                    self.node.handle_departure_notice(now, member, incarnation);
-                    log_link_event(&e);
-                }
-                other => log_link_event(&other),
-            }
+        while let Some(e) = hub::poll_hub(
+            &mut h.link,
+            &mut self.node,
+            &mut self.drops,
+            &mut self.stats,
+            now,
+        ) {
+            hub::log_link_event(&e);
         }
     }
 
@@ -985,25 +974,6 @@ impl Driver {
         if let Some(r) = &self.registry {
             let _ = r.deregister(&mut conn.stream);
         }
-    }
-}
-
-/// Logs what the hub link reports besides datagrams.
-fn log_link_event(e: &LinkEvent) {
-    match e {
-        LinkEvent::Registered => tracing::info!("registered with the hub"),
-        LinkEvent::Lost(why) => tracing::info!(?why, "hub connection lost; reconnecting"),
-        LinkEvent::Departed {
-            member,
-            incarnation,
-            reason,
-        } => tracing::debug!(member = member.0, incarnation, %reason, "hub: member departed"),
-        LinkEvent::Joined {
-            member,
-            incarnation,
-        } => tracing::debug!(member = member.0, incarnation, "hub: member registered"),
-        LinkEvent::Undeliverable { to } => tracing::debug!(to = to.0, "hub: undeliverable"),
-        LinkEvent::Datagram { .. } => {}
     }
 }
 

@@ -4,14 +4,14 @@
 use crate::http::{self, Client, Msg, Shared};
 use bytes::Bytes;
 use futures_lite::future;
-use hybridcast_core::hub::{HubLink, LinkAction, LinkEvent, LinkStats};
+use hybridcast_core::hub::{HubLink, LinkAction, LinkStats};
 use hybridcast_core::{
     CommandError, Event, Node, RequestId, SessionError, SessionId, SessionInfo, SessionState,
     SessionToken, Stats, Transmit, Value,
 };
 use hybridcast_runtime::endpoints::{ClusterView, WhoAmI, cluster_view};
 use hybridcast_runtime::{
-    Error, ReceiveDrops, ResumeWaiters, Resumed, RuntimeConfig, RuntimeStats, SendQueue, serve,
+    Error, ReceiveDrops, ResumeWaiters, Resumed, RuntimeConfig, RuntimeStats, SendQueue, hub, serve,
 };
 use smol::channel::{self, Receiver, Sender, TrySendError};
 use smol::{Async, Task};
@@ -555,8 +555,14 @@ impl Driver {
                     h.link.handle_bytes(now, &self.buf[..n]);
                     // Datagrams reach the node as they are read: the link holds only one
                     // read's worth.
-                    while let Some(e) = h.link.poll_for_node(now, &mut self.node) {
-                        dropped |= on_link_event(&e);
+                    while let Some(e) = hub::poll_hub(
+                        &mut h.link,
+                        &mut self.node,
+                        &mut self.drops,
+                        &mut self.shared.stats(),
+                        now,
+                    ) {
+                        dropped |= hub::log_link_event(&e);
                     }
                     if dropped {
                         // The link dropped the connection (a bye, a protocol error).
@@ -625,8 +631,14 @@ impl Driver {
         let Some(h) = &mut self.hub else {
             return;
         };
-        while let Some(e) = h.link.poll_for_node(now, &mut self.node) {
-            if on_link_event(&e) {
+        while let Some(e) = hub::poll_hub(
+            &mut h.link,
+            &mut self.node,
+            &mut self.drops,
+            &mut self.shared.stats(),
+            now,
+        ) {
+            if hub::log_link_event(&e) {
                 h.conn = HubConn::None;
             }
         }
@@ -689,29 +701,4 @@ impl Driver {
             }
         }
     }
-}
-
-/// Logs what the link reports besides datagrams; true for a loss, which ends whatever
-/// connection the driver holds for the link: the link counts it gone, and when it reports a
-/// connect that timed out, the attempt still under way must not be taken up later.
-fn on_link_event(e: &LinkEvent) -> bool {
-    match e {
-        LinkEvent::Registered => tracing::info!("registered with the hub"),
-        LinkEvent::Lost(why) => {
-            tracing::info!(?why, "hub connection lost; reconnecting");
-            return true;
-        }
-        LinkEvent::Departed {
-            member,
-            incarnation,
-            reason,
-        } => tracing::debug!(member = member.0, incarnation, %reason, "hub: member departed"),
-        LinkEvent::Joined {
-            member,
-            incarnation,
-        } => tracing::debug!(member = member.0, incarnation, "hub: member registered"),
-        LinkEvent::Undeliverable { to } => tracing::debug!(to = to.0, "hub: undeliverable"),
-        LinkEvent::Datagram { .. } => {}
-    }
-    false
 }
