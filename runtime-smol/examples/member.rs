@@ -1,19 +1,26 @@
 //! One async member: it joins the cluster `hybridcast` on the default group (the same as
 //! `hybridcast node` uses, so it meets mio members started that way), offers one service,
-//! prints its events as they come and its view every two seconds, then leaves.
+//! prints its events as they come and its view every two seconds, then leaves. Given a hub
+//! address as a third argument, it joins through that hub (hub mode) instead of multicast.
 //!
-//!     cargo run -p hybridcast-smol --example member -- [name] [seconds]
+//!     cargo run -p hybridcast-smol --example member -- [name] [seconds] [hub address]
 
 use futures_lite::{StreamExt, future};
-use hybridcast_smol::{Node, RuntimeConfig};
+use hybridcast_smol::core::hub::LinkConfig;
+use hybridcast_smol::{Node, RuntimeConfig, Transport};
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "smol-example".into());
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let hub: Option<std::net::SocketAddr> = args.next().map(|s| s.parse()).transpose()?;
+    let mut config = RuntimeConfig::new("hybridcast", &name);
+    if let Some(hub) = hub {
+        config.transport = Transport::Hub(LinkConfig::new(hub));
+    }
     smol::block_on(async {
-        let node = Node::start(RuntimeConfig::new("hybridcast", &name)).await?;
+        let node = Node::start(config).await?;
         println!("{name} serves HTTP on {}", node.http_addr());
         node.bind("smol-example", &node.http_addr().to_string())
             .await??;
