@@ -431,3 +431,26 @@ fn a_member_that_stops_reading_is_dropped_as_a_slow_consumer_and_catches_up() {
     let m = sim.node(0).member(key).expect("tracked");
     assert_eq!(m.state, MemberState::Alive);
 }
+
+#[test]
+fn an_authenticated_cluster_registers_with_tagged_hellos_and_converges_through_the_hub() {
+    let key = hybridcast_core::ClusterKey::new(vec![0x44; 32]).expect("key");
+    let mut cfg = config(27, LinkParams::default(), hub());
+    cfg.node.auth = Some(hybridcast_core::AuthConfig::new(
+        hybridcast_core::Keyring::single(key),
+    ));
+    let mut sim = cluster(cfg, 4);
+    let mut sent = BTreeMap::new();
+    publish(&mut sim, &mut sent, 1, 5, 2_000, 20 * MS);
+    settle(&mut sim);
+    assert_all_delivered(&sim, &sent, 0..4);
+    let hs = sim.hub().expect("hub").stats();
+    assert_eq!((hs.registrations, hs.registered), (4, 4), "{hs:?}");
+    assert_eq!(hs.closed_for(CloseReason::Unauthenticated), 0);
+    assert!(sim.hub().expect("hub").config().keys.is_some());
+    // The relayed datagrams were checked end to end by the members.
+    for i in 0..4 {
+        let auth = sim.node(i).stats().auth;
+        assert_eq!((auth.datagram_untagged, auth.datagram_bad_tag), (0, 0), "{i}");
+    }
+}
