@@ -28,7 +28,7 @@ fn config(seed: u64, link: LinkParams, transport: Transport) -> SimConfig {
 }
 
 fn hub() -> Transport {
-    Transport::Hub(HubParams::sim())
+    Transport::hub(HubParams::sim())
 }
 
 /// `n` members, each offering `svc-<i>` and a share of `shared`, converged.
@@ -137,7 +137,11 @@ fn six_members_converge_through_the_hub_deliver_once_in_order_and_a_joiner_takes
     assert_all_delivered(&sim, &sent, 0..6);
     // The joiner caught up with one state dump and asked nobody for anything else.
     let js = sim.node(j).stats();
-    assert_eq!((js.dump_requests, js.recoveries_requested), (1, 0), "{js:?}");
+    assert_eq!(
+        (js.dump_requests, js.recoveries_requested),
+        (1, 0),
+        "{js:?}"
+    );
     assert!(sim.elapsed() > join_at);
     let view = sim.node(j).registry().view();
     assert_eq!(view["shared"].len(), 6);
@@ -314,7 +318,10 @@ fn a_member_cut_off_from_everyone_is_declared_failed_and_readmitted_after_the_he
     for i in (0..5).filter(|&i| i != cut) {
         assert!(failed_at(&sim, i, key, t0).is_some(), "{i} never failed it");
         let other = sim.node(i).key();
-        assert!(failed_at(&sim, cut, other, t0).is_some(), "it never failed {i}");
+        assert!(
+            failed_at(&sim, cut, other, t0).is_some(),
+            "it never failed {i}"
+        );
         assert!(!sim.node(i).registry().view().contains_key("alone"));
         assert!(!sim.node(i).registry().view()["shared"].contains_key(&key));
     }
@@ -374,7 +381,10 @@ fn a_killed_member_is_detected_through_the_hubs_notice_before_any_suspicion_time
     // missing first.
     assert_eq!(hub_notices, 4);
     assert_eq!(multicast_notices, 0);
-    assert!(hub_mode < c.heartbeat_interval, "hub mode took {hub_mode:?}");
+    assert!(
+        hub_mode < c.heartbeat_interval,
+        "hub mode took {hub_mode:?}"
+    );
     assert!(
         multicast >= c.suspect_timeout() - c.heartbeat_interval,
         "multicast took {multicast:?}"
@@ -389,7 +399,7 @@ fn a_member_that_stops_reading_is_dropped_as_a_slow_consumer_and_catches_up() {
     // fills quickly.
     p.hub.max_queued_bytes = 2 * (LEN_PREFIX + MAX_FRAME_LEN);
     p.window = 32 * 1024;
-    let mut sim = cluster(config(26, LinkParams::default(), Transport::Hub(p)), 4);
+    let mut sim = cluster(config(26, LinkParams::default(), Transport::hub(p)), 4);
     let slow = 2;
     let key = sim.node(slow).key();
     let t0 = sim.elapsed();
@@ -451,6 +461,10 @@ fn an_authenticated_cluster_registers_with_tagged_hellos_and_converges_through_t
     // The relayed datagrams were checked end to end by the members.
     for i in 0..4 {
         let auth = sim.node(i).stats().auth;
-        assert_eq!((auth.datagram_untagged, auth.datagram_bad_tag), (0, 0), "{i}");
+        assert_eq!(
+            (auth.datagram_untagged, auth.datagram_bad_tag),
+            (0, 0),
+            "{i}"
+        );
     }
 }

@@ -55,7 +55,14 @@ pub enum Transport {
     #[default]
     Multicast,
     /// A message server relays them over stream connections (seed 004).
-    Hub(HubParams),
+    Hub(Box<HubParams>),
+}
+
+impl Transport {
+    /// Hub mode with `params`.
+    pub fn hub(params: HubParams) -> Transport {
+        Transport::Hub(Box::new(params))
+    }
 }
 
 /// Hub-mode settings.
@@ -220,7 +227,11 @@ pub(super) struct HubSide {
 }
 
 impl HubSide {
-    pub(super) fn new(mut params: HubParams, cluster: &str, node: &hybridcast_core::Config) -> Self {
+    pub(super) fn new(
+        mut params: HubParams,
+        cluster: &str,
+        node: &hybridcast_core::Config,
+    ) -> Self {
         params.hub.cluster = ClusterId::of(cluster);
         if params.hub.keys.is_none() {
             params.hub.keys = node.auth.as_ref().map(|a| a.keys.clone());
@@ -670,11 +681,7 @@ impl Sim {
             let life = h.life;
             let mut any = false;
             while let Some(e) = hub.poll_event() {
-                h.events.push(HubNote {
-                    at,
-                    life,
-                    event: e,
-                });
+                h.events.push(HubNote { at, life, event: e });
             }
             if let Some(HubAction::Close { conn, .. }) = hub.poll_action() {
                 // The bye, as far as the socket takes it; then the FIN.
@@ -772,7 +779,11 @@ impl Sim {
         };
         hub.handle_timeout(now);
         self.hub_after();
-        if self.hub().and_then(Hub::poll_timeout).is_some_and(|t| t <= now) {
+        if self
+            .hub()
+            .and_then(Hub::poll_timeout)
+            .is_some_and(|t| t <= now)
+        {
             let msg = format!("the hub asks to be woken again at {now:?} after handle_timeout");
             self.checker.violation(msg);
             self.set_hub_deadline(Some(now + Duration::from_millis(1)));
@@ -873,7 +884,11 @@ impl Sim {
 
     /// A segment reached slot `i`'s host: a paused process reads it when it wakes.
     fn member_receives(&mut self, i: usize, id: u64, seg: Seg) {
-        let life = self.hub.as_ref().and_then(|h| h.conns.get(&id)).map(|c| c.life);
+        let life = self
+            .hub
+            .as_ref()
+            .and_then(|h| h.conns.get(&id))
+            .map(|c| c.life);
         let current = self.nodes[i].up && Some(self.nodes[i].life) == life;
         if current && self.paused(i) {
             if let Some(end) = self.nodes[i].hub.as_mut() {
@@ -915,11 +930,17 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|e| e.link.is_registered());
             if !linked || registered.remove(&n.key()) != Some(n.identity().incarnation) {
-                why.push(format!("{} is not registered at the hub", n.identity().name));
+                why.push(format!(
+                    "{} is not registered at the hub",
+                    n.identity().name
+                ));
             }
         }
         if !registered.is_empty() {
-            why.push(format!("the hub still registers {} stopped members", registered.len()));
+            why.push(format!(
+                "the hub still registers {} stopped members",
+                registered.len()
+            ));
         }
     }
 }

@@ -11,6 +11,13 @@
 //! - **Group datagrams** go to every other node through the [`Network`]: per-link loss
 //!   (independent or Gilbert–Elliott), duplication, reordering, delay and jitter; nothing
 //!   crosses a partition.
+//! - **Hub mode** ([`SimConfig::transport`] = [`Transport::Hub`]): group datagrams travel only
+//!   as frames over simulated TCP connections to one simulated core `Hub`, each node holding a
+//!   core `HubLink`; the multicast path above is not used at all (the simulator panics if a
+//!   node multicasts). Connections are reliable and in order with the links' delay; a partition
+//!   stalls them both ways until the link's ack timeout or the hub's idle timeout closes them;
+//!   [`Sim::crash_hub`] and [`Sim::restart_hub`] stop and replace the hub. See the `hub`
+//!   module's docs for the connection model.
 //! - **Point-to-point requests** are real HTTP bytes: the requester's encoded request is parsed
 //!   with core's parser, answered by the target's `handle_http_request`, and the encoded answer
 //!   parsed again, each way taking the link's delay. The client side behaves like a runtime's:
@@ -26,8 +33,11 @@
 //! - **Checks.** Every event goes through the [`Checker`]; every request through the
 //!   one-recovery-in-flight check; every input through the cache-size bound; every
 //!   `handle_timeout` through a no-busy-loop check; every convergence probe through the
-//!   member-table and requests-per-member bounds. [`Sim::settle`] checks convergence,
-//!   stability, completeness and the offer bounds at quiescence. With [`Sim::check_sessions`],
+//!   member-table and requests-per-member bounds; in hub mode, every write through the hub's
+//!   queue bound and the links' unacknowledged-bytes bound, every timer of the hub and the
+//!   links through the no-busy-loop check. [`Sim::settle`] checks convergence (in hub mode:
+//!   every live node registered at the hub at its current incarnation, nothing else), stability,
+//!   completeness and the offer bounds at quiescence. With [`Sim::check_sessions`],
 //!   the [`SessionChecker`] also counts the owners of every session after every step and
 //!   checks every session failover (see its module).
 //!
@@ -387,7 +397,7 @@ impl Sim {
         let checker = Checker::new(&cfg.node);
         let hub = match &cfg.transport {
             Transport::Multicast => None,
-            Transport::Hub(p) => Some(hub::HubSide::new(p.clone(), &cfg.cluster, &cfg.node)),
+            Transport::Hub(p) => Some(hub::HubSide::new((**p).clone(), &cfg.cluster, &cfg.node)),
         };
         let mut sim = Sim {
             net: Network::new(cfg.seed, cfg.link),
@@ -889,7 +899,11 @@ impl Sim {
         } else {
             self.nodes[i].node.poll_timeout()
         };
-        if let Some(link) = self.nodes[i].hub.as_ref().and_then(|e| e.link.poll_timeout()) {
+        if let Some(link) = self.nodes[i]
+            .hub
+            .as_ref()
+            .and_then(|e| e.link.poll_timeout())
+        {
             d = Some(d.map_or(link, |t| t.min(link)));
         }
         if let (Some(t), Some(p)) = (d, self.nodes[i].paused_until) {
@@ -1393,7 +1407,10 @@ impl Sim {
             // Keep the run going without spinning.
             self.set_deadline(i, Some(now + Duration::from_millis(1)));
         }
-        let link_due = self.nodes[i].hub.as_ref().and_then(|e| e.link.poll_timeout());
+        let link_due = self.nodes[i]
+            .hub
+            .as_ref()
+            .and_then(|e| e.link.poll_timeout());
         if link_due.is_some_and(|t| t <= now) {
             let msg = format!("node {i}'s hub link asks to be woken again at {now:?}");
             self.checker.violation(msg);

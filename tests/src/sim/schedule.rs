@@ -55,7 +55,7 @@ pub enum Op {
     Leave(usize),
     /// A fresh node joins (a new slot).
     Join(String),
-    /// Cut these slots off from all others.
+    /// Cut these slots off from all others (and from the hub, in hub mode).
     Split(Vec<usize>),
     /// Remove every partition.
     Heal,
@@ -302,7 +302,7 @@ impl Schedule {
             self.ops.push((at, Op::HubCut(side)));
         }
         self.ops.sort_by_key(|(at, _)| *at);
-        self.transport = Transport::Hub(p);
+        self.transport = Transport::hub(p);
         self
     }
 
