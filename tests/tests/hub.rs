@@ -468,3 +468,42 @@ fn an_authenticated_cluster_registers_with_tagged_hellos_and_converges_through_t
         );
     }
 }
+
+#[test]
+fn a_reset_connection_is_noticed_at_both_ends_and_comes_back_without_a_false_failure() {
+    let mut sim = cluster(config(28, LinkParams::default(), hub()), 4);
+    let victim = 0;
+    let key = sim.node(victim).key();
+    let before = sim.hub_link(victim).expect("link").stats();
+    let t0 = sim.elapsed();
+    sim.reset_hub_connection(victim);
+    sim.run_for(SECOND);
+    // The link heard it, backed off and registered again on a new connection; the hub
+    // announced the member departed, so the others probed it and found it alive.
+    let after = sim.hub_link(victim).expect("link").stats();
+    assert!(sim.hub_link(victim).expect("link").is_registered());
+    assert_eq!(
+        (after.losses, after.registrations),
+        (before.losses + 1, before.registrations + 1)
+    );
+    let lost_at = sim
+        .link_events(victim)
+        .iter()
+        .find(|(t, e)| *t >= t0 && *e == LinkEvent::Lost(LinkLoss::Closed))
+        .map(|(t, _)| *t)
+        .expect("the link heard the reset");
+    assert!(lost_at - t0 < 10 * MS, "{:?}", lost_at - t0);
+    let announced = sim.hub_events().iter().any(|n| {
+        n.at >= t0
+            && matches!(n.event, HubEvent::Departed { member, reason: CloseReason::Closed, .. } if member == key)
+    });
+    assert!(announced);
+    for i in 1..4 {
+        assert_eq!(sim.node(i).stats().departure_notices, 1, "{i}");
+        assert!(!any_failure_since(&sim, i, t0), "{i} declared a failure");
+    }
+    let mut sent = BTreeMap::new();
+    publish(&mut sim, &mut sent, victim, 3, 100, 20 * MS);
+    settle(&mut sim);
+    assert_all_delivered(&sim, &sent, 0..4);
+}

@@ -365,6 +365,31 @@ impl Sim {
         self.hub_after();
     }
 
+    /// Breaks slot `i`'s connection to the hub as a middlebox's reset would: each end hears
+    /// of it after the link's delay (once the two can reach each other), the hub announces the
+    /// member departed, and the link connects again after its backoff.
+    pub fn reset_hub_connection(&mut self, i: usize) {
+        let Some(id) = self
+            .nodes
+            .get(i)
+            .and_then(|s| s.hub.as_ref())
+            .and_then(|e| e.conn)
+        else {
+            return;
+        };
+        let Some(c) = self.hub.as_ref().and_then(|h| h.conns.get(&id)) else {
+            return;
+        };
+        let (to_hub, to_node) = (c.hub_open, c.node_open);
+        if to_hub {
+            self.push_seg(id, Dir::Up, Seg::Fin);
+        }
+        if to_node {
+            self.push_seg(id, Dir::Down, Seg::Fin);
+        }
+        self.changed();
+    }
+
     /// A new link for the process now in slot `i`.
     pub(super) fn new_member_end(&mut self, node: &Node) -> Option<MemberEnd> {
         let h = self.hub.as_ref()?;

@@ -813,6 +813,7 @@ impl Sim {
                 }
                 self.changed();
             }
+            Op::HubReset(i) if ok(*i) => self.reset_hub_connection(*i),
             Op::HubCrash => self.crash_hub(),
             Op::HubRestart => self.restart_hub(),
             Op::Heal => {

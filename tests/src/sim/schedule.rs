@@ -81,6 +81,8 @@ pub enum Op {
     HubCrash,
     /// Hub mode: a fresh hub process starts (crashing a running one first).
     HubRestart,
+    /// Hub mode: a slot's connection to the hub is reset (by a middlebox, say).
+    HubReset(usize),
 }
 
 /// A generated fault schedule.
@@ -259,7 +261,8 @@ impl Schedule {
 
     /// The same schedule in hub mode, with the hub's faults added (from a random stream of
     /// their own): up to two hub crashes, most followed by a restart within 3 s (settling
-    /// restarts the others), up to two groups of members cut off from the hub alone, and
+    /// restarts the others), up to two groups of members cut off from the hub alone, up to two
+    /// connections reset, and
     /// sometimes a small hub queue (slow consumers), small windows or loss on the connections
     /// (as retransmissions).
     pub fn into_hub(mut self) -> Schedule {
@@ -300,6 +303,11 @@ impl Schedule {
             let k = 1 + r.below((slots as u64 / 2).max(1)) as usize;
             let side = (0..k).map(|_| r.below(slots as u64) as usize).collect();
             self.ops.push((at, Op::HubCut(side)));
+        }
+        for _ in 0..r.below(3) {
+            let at = Duration::from_millis(500 + r.below(span));
+            self.ops
+                .push((at, Op::HubReset(r.below(slots as u64) as usize)));
         }
         self.ops.sort_by_key(|(at, _)| *at);
         self.transport = Transport::hub(p);
