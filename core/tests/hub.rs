@@ -849,3 +849,51 @@ fn a_second_challenge_is_a_protocol_error_and_nonces_depend_on_the_secret() {
     assert_ne!(nonce_of([1; 32], 1), nonce_of([1; 32], 2));
     assert_eq!(nonce_of([1; 32], 2), nonce_of([1; 32], 2));
 }
+
+/// Found by the simulator's hub-mode schedules: keepalive pings went out behind frames the hub
+/// had not acknowledged, taking the unacknowledged bytes beyond `max_unacked_bytes`. No ping
+/// goes out while frames wait for their acknowledgement; the ack timeout still fires.
+#[test]
+fn a_full_window_stays_within_its_bound_until_the_ack_timeout() {
+    let mut net = Net::new(HubConfig::new(CLUSTER));
+    let a = net.add("a", 1, None);
+    net.add("b", 1, None);
+    // The hub stops reading a's connection: nothing a sends is acknowledged.
+    net.members[a].reading = false;
+    let max = net.members[a].link.config().max_unacked_bytes;
+    // Fill the window to the last byte a datagram can take.
+    loop {
+        let room = max - net.members[a].link.stats().unacked_bytes;
+        let len = room.saturating_sub(4 + 17).min(60_000);
+        if len == 0
+            || !net.members[a]
+                .link
+                .send_group(net.now, Bytes::from(vec![1u8; len]))
+        {
+            break;
+        }
+    }
+    assert!(max - net.members[a].link.stats().unacked_bytes < 4 + 17 + 1);
+    assert!(
+        !net.members[a]
+            .link
+            .send_group(net.now, Bytes::from_static(b"x"))
+    );
+    // Several keepalive intervals, short of the ack timeout.
+    let config = net.members[a].link.config().clone();
+    net.advance(config.ack_timeout - config.keepalive / 2);
+    assert!(net.members[a].link.is_registered());
+    let unacked = net.members[a].link.stats().unacked_bytes;
+    assert!(
+        unacked <= max,
+        "{unacked} unacknowledged bytes, bound {max}"
+    );
+    net.advance(config.keepalive);
+    assert!(
+        net.members[a]
+            .got
+            .contains(&LinkEvent::Lost(LinkLoss::AckTimeout)),
+        "{:?}",
+        net.members[a].got
+    );
+}

@@ -21,6 +21,9 @@ pub struct LinkConfig {
     pub hub: SocketAddr,
     /// With nothing else sent for this long, the link sends a ping, so the hub (whose idle
     /// timeout must be longer) sees the member alive and the link sees the hub answer.
+    /// No ping goes out while frames wait for their acknowledgement: the hub sees those
+    /// frames, `ack_timeout` already watches for its answer, and pings piling up behind a
+    /// stalled connection would take the unacknowledged bytes beyond `max_unacked_bytes`.
     /// Default 1 s.
     pub keepalive: Duration,
     /// With frames unacknowledged, this long without the hub acknowledging any (counted from
@@ -424,7 +427,7 @@ impl HubLink {
                         return;
                     }
                 }
-                if now >= self.last_sent + self.config.keepalive {
+                if self.unacked.is_empty() && now >= self.last_sent + self.config.keepalive {
                     let id = self.next_id;
                     self.push_numbered(now, id, Frame::Ping { id }.encode());
                 }
@@ -438,15 +441,10 @@ impl HubLink {
         match self.state {
             State::Waiting { until } => Some(until),
             State::Connecting { deadline, .. } => Some(deadline),
-            State::Registered { .. } => {
-                let keep = self.last_sent + self.config.keepalive;
-                Some(match self.unacked.front() {
-                    Some(&(_, _, sent)) => {
-                        keep.min(sent.max(self.last_acked) + self.config.ack_timeout)
-                    }
-                    None => keep,
-                })
-            }
+            State::Registered { .. } => Some(match self.unacked.front() {
+                Some(&(_, _, sent)) => sent.max(self.last_acked) + self.config.ack_timeout,
+                None => self.last_sent + self.config.keepalive,
+            }),
             State::Closed => None,
         }
     }

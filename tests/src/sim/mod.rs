@@ -11,6 +11,13 @@
 //! - **Group datagrams** go to every other node through the [`Network`]: per-link loss
 //!   (independent or Gilbert–Elliott), duplication, reordering, delay and jitter; nothing
 //!   crosses a partition.
+//! - **Hub mode** ([`SimConfig::transport`] = [`Transport::Hub`]): group datagrams travel only
+//!   as frames over simulated TCP connections to one simulated core `Hub`, each node holding a
+//!   core `HubLink`; the multicast path above is not used at all (the simulator panics if a
+//!   node multicasts). Connections are reliable and in order with the links' delay; a partition
+//!   stalls them both ways until the link's ack timeout or the hub's idle timeout closes them;
+//!   [`Sim::crash_hub`] and [`Sim::restart_hub`] stop and replace the hub. See the `hub`
+//!   module's docs for the connection model.
 //! - **Point-to-point requests** are real HTTP bytes: the requester's encoded request is parsed
 //!   with core's parser, answered by the target's `handle_http_request`, and the encoded answer
 //!   parsed again, each way taking the link's delay. The client side behaves like a runtime's:
@@ -26,8 +33,11 @@
 //! - **Checks.** Every event goes through the [`Checker`]; every request through the
 //!   one-recovery-in-flight check; every input through the cache-size bound; every
 //!   `handle_timeout` through a no-busy-loop check; every convergence probe through the
-//!   member-table and requests-per-member bounds. [`Sim::settle`] checks convergence,
-//!   stability, completeness and the offer bounds at quiescence. With [`Sim::check_sessions`],
+//!   member-table and requests-per-member bounds; in hub mode, every write through the hub's
+//!   queue bound and the links' unacknowledged-bytes bound, every timer of the hub and the
+//!   links through the no-busy-loop check. [`Sim::settle`] checks convergence (in hub mode:
+//!   every live node registered at the hub at its current incarnation, nothing else), stability,
+//!   completeness and the offer bounds at quiescence. With [`Sim::check_sessions`],
 //!   the [`SessionChecker`] also counts the owners of every session after every step and
 //!   checks every session failover (see its module).
 //!
@@ -49,6 +59,7 @@
 
 mod baseline;
 mod check;
+mod hub;
 mod net;
 mod scenario;
 mod schedule;
@@ -56,6 +67,7 @@ mod sessions;
 
 pub use baseline::{JoinBaseline, LossRecord, NakBaseline, nak_baseline};
 pub use check::{Checker, Delivery};
+pub use hub::{HUB, HUB_ADDR, HubNote, HubParams, HubTraffic, Transport};
 pub use net::{Burst, Fate, LinkParams, Network};
 pub use scenario::{Phase, Report, Scenario};
 pub use schedule::{Op, Schedule, ScheduleOutcome, check_schedules, replay_seed};
@@ -103,6 +115,8 @@ pub struct SimConfig {
     /// Deliver each group datagram back to its sender too, as multicast sockets do with
     /// loopback on (the runtimes' setting); the node recognises and drops its own.
     pub loopback: bool,
+    /// How group datagrams travel: multicast (the default) or through a hub.
+    pub transport: Transport,
 }
 
 /// Node configuration for simulations: 200 ms heartbeats so scenarios take a few simulated
@@ -131,6 +145,7 @@ impl Default for SimConfig {
             join_baseline: false,
             max_steps: 200_000_000,
             loopback: true,
+            transport: Transport::Multicast,
         }
     }
 }
@@ -152,6 +167,8 @@ pub struct SimNode {
     /// Since when the owner has not drained events (a slow owner).
     held: Option<Duration>,
     buffered: usize,
+    /// Hub mode: the process's link to the hub.
+    hub: Option<hub::MemberEnd>,
 }
 
 impl SimNode {
@@ -242,6 +259,8 @@ pub struct Traffic {
     pub overflowed: u64,
     /// Point-to-point exchanges by kind.
     pub exchanges: BTreeMap<Exchange, PathCost>,
+    /// Hub mode: the connections' counters.
+    pub hub: HubTraffic,
 }
 
 impl Traffic {
@@ -266,6 +285,7 @@ impl Traffic {
             duplicated: self.duplicated.saturating_sub(earlier.duplicated),
             overflowed: self.overflowed.saturating_sub(earlier.overflowed),
             exchanges,
+            hub: self.hub.since(&earlier.hub),
         }
     }
 
@@ -322,6 +342,11 @@ enum Item {
         life: u64,
         id: RequestId,
     },
+    /// A delivery attempt on one direction of a hub connection.
+    Pipe {
+        conn: u64,
+        dir: hub::Dir,
+    },
     Op(Op),
 }
 
@@ -361,6 +386,8 @@ pub struct Sim {
     steps: u64,
     /// The most recovery requests ever in flight for one (node, member, channel).
     pub max_recovery_in_flight: u32,
+    /// Hub mode: the hub process and the connections.
+    hub: Option<hub::HubSide>,
 }
 
 impl Sim {
@@ -368,7 +395,11 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let start = Instant::now();
         let checker = Checker::new(&cfg.node);
-        Sim {
+        let hub = match &cfg.transport {
+            Transport::Multicast => None,
+            Transport::Hub(p) => Some(hub::HubSide::new((**p).clone(), &cfg.cluster, &cfg.node)),
+        };
+        let mut sim = Sim {
             net: Network::new(cfg.seed, cfg.link),
             rng: Rng::new(cfg.seed ^ 0x5157_5eed),
             start,
@@ -390,8 +421,11 @@ impl Sim {
             last_change: start,
             steps: 0,
             max_recovery_in_flight: 0,
+            hub,
             cfg,
-        }
+        };
+        sim.start_hub();
+        sim
     }
 
     // ----- inspection -----
@@ -508,6 +542,7 @@ impl Sim {
         let idx = self.nodes.len();
         let addr = SocketAddr::from(([127, 0, (1 + idx / 250) as u8, (1 + idx % 250) as u8], 7000));
         let node = self.spawn(name, addr, idx);
+        let hub = self.new_member_end(&node);
         self.nodes.push(SimNode {
             node,
             addr,
@@ -517,6 +552,7 @@ impl Sim {
             paused_until: None,
             held: None,
             buffered: 0,
+            hub,
         });
         self.deadline.push(None);
         self.changed();
@@ -548,6 +584,7 @@ impl Sim {
             return;
         }
         self.sessions_stopped(i);
+        self.member_stopped(i);
         self.nodes[i].up = false;
         self.nodes[i].paused_until = None;
         self.set_deadline(i, None);
@@ -576,7 +613,9 @@ impl Sim {
         let name = self.nodes[i].node.identity().name.clone();
         let addr = self.nodes[i].addr;
         let node = self.spawn(&name, addr, i);
+        let hub = self.new_member_end(&node);
         let s = &mut self.nodes[i];
+        s.hub = hub;
         s.node = node;
         s.up = true;
         s.life += 1;
@@ -595,6 +634,7 @@ impl Sim {
         self.sessions_stopped(i);
         self.nodes[i].node.leave();
         self.touch(i);
+        self.member_leaves(i);
         let n = &self.nodes[i].node;
         self.checker.stopped(n.key(), n.identity().incarnation);
         self.nodes[i].up = false;
@@ -762,9 +802,20 @@ impl Sim {
                 self.add(name);
             }
             Op::Split(side) => {
-                self.net.split(side, 0..n);
+                // The hub, if any, stays with the others.
+                let hub = self.hub.is_some().then_some(HUB);
+                self.net.split(side, (0..n).chain(hub));
                 self.changed();
             }
+            Op::HubCut(side) if self.hub.is_some() => {
+                for &i in side {
+                    self.net.block(i, HUB);
+                }
+                self.changed();
+            }
+            Op::HubReset(i) if ok(*i) => self.reset_hub_connection(*i),
+            Op::HubCrash => self.crash_hub(),
+            Op::HubRestart => self.restart_hub(),
             Op::Heal => {
                 self.net.heal();
                 self.changed();
@@ -818,12 +869,27 @@ impl Sim {
         if self.sessions.enabled() && !self.touched.contains(&i) {
             self.touched.push(i);
         }
-        while let Some(t) = self.nodes[i].node.poll_transmit() {
-            match t {
-                Transmit::Group(bytes) => self.multicast(i, bytes),
-                Transmit::Request { id, to, request } => self.request(i, id, to, request),
+        loop {
+            let mut any = false;
+            while let Some(t) = self.nodes[i].node.poll_transmit() {
+                any = true;
+                match t {
+                    Transmit::Group(bytes) if self.hub.is_some() => {
+                        self.count_group(&bytes);
+                        self.send_group(i, bytes);
+                    }
+                    Transmit::Group(bytes) => self.multicast(i, bytes),
+                    Transmit::Request { id, to, request } => self.request(i, id, to, request),
+                }
+            }
+            // Hub mode: the link's actions and news (relayed datagrams make the node send
+            // more, so go round until nothing moves).
+            any |= self.pump_link(i);
+            if !any || self.hub.is_none() {
+                break;
             }
         }
+        self.flush_link(i);
         if self.nodes[i].held.is_none() {
             let now = self.elapsed();
             self.drain_events(i, now);
@@ -834,19 +900,36 @@ impl Sim {
         } else {
             self.nodes[i].node.poll_timeout()
         };
+        if let Some(link) = self.nodes[i]
+            .hub
+            .as_ref()
+            .and_then(|e| e.link.poll_timeout())
+        {
+            d = Some(d.map_or(link, |t| t.min(link)));
+        }
         if let (Some(t), Some(p)) = (d, self.nodes[i].paused_until) {
             d = Some(t.max(p));
         }
         self.set_deadline(i, d);
     }
 
-    fn multicast(&mut self, from: usize, bytes: Bytes) {
+    /// Counts one group datagram a node sent.
+    fn count_group(&mut self, bytes: &Bytes) -> bool {
         self.traffic.group_datagrams += 1;
         self.traffic.group_bytes += bytes.len() as u64;
-        let fragments = matches!(wire::decode_header(&bytes), Ok((_, Kind::Fragments)));
+        let fragments = matches!(wire::decode_header(bytes), Ok((_, Kind::Fragments)));
         if fragments {
             self.traffic.fragment_datagrams += 1;
         }
+        fragments
+    }
+
+    fn multicast(&mut self, from: usize, bytes: Bytes) {
+        assert!(
+            self.hub.is_none(),
+            "node {from} multicast a datagram in hub mode"
+        );
+        let fragments = self.count_group(&bytes);
         let src = self.nodes[from].addr;
         if self.cfg.loopback {
             let item = Item::Datagram {
@@ -998,6 +1081,7 @@ impl Sim {
                 bytes,
                 waits_for,
             } => {
+                assert!(self.hub.is_none(), "a multicast datagram in hub mode");
                 if !self.nodes[to].up || waits_for.is_some_and(|l| l != self.nodes[to].life) {
                     return;
                 }
@@ -1071,6 +1155,7 @@ impl Sim {
                     self.touch(to);
                 }
             }
+            Item::Pipe { conn, dir } => self.pipe_wake(conn, dir),
             Item::Op(op) => self.apply(&op),
         }
     }
@@ -1297,6 +1382,10 @@ impl Sim {
     }
 
     fn fire(&mut self, i: usize) {
+        if i == HUB {
+            self.fire_hub();
+            return;
+        }
         self.set_deadline(i, None);
         if !self.nodes[i].up || self.nodes[i].node.has_left() {
             return;
@@ -1306,12 +1395,26 @@ impl Sim {
             return;
         }
         let now = self.now;
+        // Awake: what waited in its sockets is read first, as a runtime's loop would.
+        self.read_buffered(i);
         self.nodes[i].node.handle_timeout(now);
+        if let Some(end) = self.nodes[i].hub.as_mut() {
+            end.link.handle_timeout(now);
+        }
         self.touch(i);
         if self.nodes[i].node.poll_timeout().is_some_and(|t| t <= now) {
             let msg = format!("node {i} asks to be woken again at {now:?} after handle_timeout");
             self.checker.violation(msg);
             // Keep the run going without spinning.
+            self.set_deadline(i, Some(now + Duration::from_millis(1)));
+        }
+        let link_due = self.nodes[i]
+            .hub
+            .as_ref()
+            .and_then(|e| e.link.poll_timeout());
+        if link_due.is_some_and(|t| t <= now) {
+            let msg = format!("node {i}'s hub link asks to be woken again at {now:?}");
+            self.checker.violation(msg);
             self.set_deadline(i, Some(now + Duration::from_millis(1)));
         }
     }
@@ -1344,6 +1447,7 @@ impl Sim {
     /// on both channels, and holds exactly the expected view.
     pub fn divergence(&self) -> Vec<String> {
         let mut why = Vec::new();
+        self.hub_divergence(&mut why);
         let live = self.live();
         for &a in &live {
             let na = &self.nodes[a].node;
@@ -1421,7 +1525,7 @@ impl Sim {
         }
     }
 
-    /// Quiescence: heals partitions, lets pauses run out, resumes slow owners, then runs until
+    /// Quiescence: heals partitions, restarts a crashed hub, lets pauses run out, resumes slow owners, then runs until
     /// converged (within `limit`) and until no request is in flight, then requires every probe
     /// of the next two heartbeat intervals to find it converged (else converges again), and
     /// checks completeness and bounds.
@@ -1432,6 +1536,9 @@ impl Sim {
         if self.net.is_partitioned() {
             self.net.heal();
             self.changed();
+        }
+        if self.hub.is_some() && self.hub().is_none() {
+            self.restart_hub();
         }
         // Pauses run out rather than being cut short: what waited in a paused node's socket
         // buffer arrives when it wakes, as it would for a real process.

@@ -3,12 +3,15 @@
 //! [`Schedule::generate`] derives everything — cluster size, link parameters, node
 //! configuration and the timed operations (binds, unbinds, publishes, crashes, restarts,
 //! joins, leaves, partitions, pauses, slow owners, link changes) — from a single `u64`, so a
-//! failing case is replayed exactly by its seed. [`check_schedules`] draws seeds with
+//! failing case is replayed exactly by its seed. A quarter of the seeds run in hub mode
+//! ([`Schedule::into_hub`]), with the hub's own faults (crashes, restarts, members cut off
+//! from it alone) on top; `HYBRIDCAST_SIM_TRANSPORT=hub` runs every seed in hub mode. [`check_schedules`] draws seeds with
 //! quickcheck, runs each schedule and settles it; a failure names its seed, and
 //! `HYBRIDCAST_SIM_SEED=<seed>` makes [`check_schedules`] run just that one.
 
-use super::{LinkParams, Settled, Sim, SimConfig, Traffic, sim_node_config};
+use super::{HubParams, LinkParams, Settled, Sim, SimConfig, Traffic, Transport, sim_node_config};
 use hybridcast_core::Config;
+use hybridcast_core::hub::frame;
 use hybridcast_core::ids::{Rng, stable_hash};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use std::time::Duration;
@@ -52,7 +55,7 @@ pub enum Op {
     Leave(usize),
     /// A fresh node joins (a new slot).
     Join(String),
-    /// Cut these slots off from all others.
+    /// Cut these slots off from all others (and from the hub, in hub mode).
     Split(Vec<usize>),
     /// Remove every partition.
     Heal,
@@ -72,6 +75,14 @@ pub enum Op {
     },
     /// Change the default link parameters.
     Link(LinkParams),
+    /// Hub mode: cut these slots off from the hub only (they still reach each other).
+    HubCut(Vec<usize>),
+    /// Hub mode: the hub crashes (its connections close, its state is lost).
+    HubCrash,
+    /// Hub mode: a fresh hub process starts (crashing a running one first).
+    HubRestart,
+    /// Hub mode: a slot's connection to the hub is reset (by a middlebox, say).
+    HubReset(usize),
 }
 
 /// A generated fault schedule.
@@ -93,6 +104,8 @@ pub struct Schedule {
     pub duration: Duration,
     /// How long settling may take.
     pub settle_limit: Duration,
+    /// Multicast or hub mode.
+    pub transport: Transport,
 }
 
 /// What running a schedule showed.
@@ -100,6 +113,8 @@ pub struct Schedule {
 pub struct ScheduleOutcome {
     /// The schedule's seed.
     pub seed: u64,
+    /// Whether it ran in hub mode.
+    pub hub: bool,
     /// The quiescence check.
     pub settled: Settled,
     /// Traffic of the run.
@@ -118,8 +133,19 @@ const NAMES: usize = 8;
 const MAX_SLOTS: usize = 14;
 
 impl Schedule {
-    /// The schedule of `seed`.
+    /// The schedule of `seed`: in hub mode for a quarter of the seeds (drawn from a stream of
+    /// its own, so a multicast schedule is the same as [`Schedule::multicast`]'s).
     pub fn generate(seed: u64) -> Schedule {
+        let s = Schedule::multicast(seed);
+        if Rng::new(stable_hash(&[b"hub?", &seed.to_be_bytes()])).below(4) == 0 {
+            s.into_hub()
+        } else {
+            s
+        }
+    }
+
+    /// The multicast schedule of `seed`.
+    pub fn multicast(seed: u64) -> Schedule {
         let mut r = Rng::new(seed);
         let nodes = 3 + r.below(8) as usize;
         let loss = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5][r.below(6) as usize];
@@ -229,7 +255,63 @@ impl Schedule {
             ops,
             duration,
             settle_limit: Duration::from_secs(120),
+            transport: Transport::Multicast,
         }
+    }
+
+    /// The same schedule in hub mode, with the hub's faults added (from a random stream of
+    /// their own): up to two hub crashes, most followed by a restart within 3 s (settling
+    /// restarts the others), up to two groups of members cut off from the hub alone, up to two
+    /// connections reset, and
+    /// sometimes a small hub queue (slow consumers), small windows or loss on the connections
+    /// (as retransmissions).
+    pub fn into_hub(mut self) -> Schedule {
+        let mut r = Rng::new(stable_hash(&[b"hub", &self.seed.to_be_bytes()]));
+        let mut p = HubParams::sim();
+        if r.below(4) == 0 {
+            // The least the hub accepts: two of the largest frames.
+            p.hub.max_queued_bytes = 2 * (frame::LEN_PREFIX + frame::MAX_FRAME_LEN);
+        }
+        if r.below(4) == 0 {
+            p.window = 16 * 1024;
+        }
+        if r.below(3) == 0 {
+            // Loss costs retransmissions on the connections too; slow ones (a TCP timeout
+            // rather than a fast retransmit) only where loss is light enough for TCP to work.
+            p.stream_loss = true;
+            if self.link.burst.is_none() && self.link.loss <= 0.1 && r.below(2) == 0 {
+                p.retransmit = Duration::from_millis(200);
+            }
+        }
+        let span = self.duration.as_millis() as u64 - 500;
+        let slots = self.nodes
+            + self
+                .ops
+                .iter()
+                .filter(|(_, op)| matches!(op, Op::Join(_)))
+                .count();
+        for _ in 0..r.below(3) {
+            let at = Duration::from_millis(500 + r.below(span));
+            self.ops.push((at, Op::HubCrash));
+            if r.below(4) != 0 {
+                let back = at + Duration::from_millis(100 + r.below(3_000));
+                self.ops.push((back, Op::HubRestart));
+            }
+        }
+        for _ in 0..r.below(3) {
+            let at = Duration::from_millis(500 + r.below(span));
+            let k = 1 + r.below((slots as u64 / 2).max(1)) as usize;
+            let side = (0..k).map(|_| r.below(slots as u64) as usize).collect();
+            self.ops.push((at, Op::HubCut(side)));
+        }
+        for _ in 0..r.below(3) {
+            let at = Duration::from_millis(500 + r.below(span));
+            self.ops
+                .push((at, Op::HubReset(r.below(slots as u64) as usize)));
+        }
+        self.ops.sort_by_key(|(at, _)| *at);
+        self.transport = Transport::hub(p);
+        self
     }
 
     /// The simulation configuration this schedule runs with.
@@ -238,6 +320,7 @@ impl Schedule {
             seed: self.seed,
             node: self.node.clone(),
             link: self.link,
+            transport: self.transport.clone(),
             ..SimConfig::default()
         }
     }
@@ -255,6 +338,7 @@ impl Schedule {
         let settled = sim.settle(self.settle_limit);
         ScheduleOutcome {
             seed: self.seed,
+            hub: matches!(self.transport, Transport::Hub(_)),
             settled,
             traffic: sim.traffic().clone(),
             messages: sim.checker().messages,
@@ -262,6 +346,16 @@ impl Schedule {
             elapsed: sim.elapsed(),
             steps: sim.steps(),
         }
+    }
+}
+
+/// The schedule of `seed`, in hub mode whatever the seed draws if
+/// `HYBRIDCAST_SIM_TRANSPORT=hub`.
+fn schedule_of(seed: u64) -> Schedule {
+    match std::env::var("HYBRIDCAST_SIM_TRANSPORT").as_deref() {
+        Ok("hub") => Schedule::multicast(seed).into_hub(),
+        Ok("multicast") => Schedule::multicast(seed),
+        _ => Schedule::generate(seed),
     }
 }
 
@@ -298,8 +392,9 @@ fn verdict(o: &ScheduleOutcome) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "schedule seed {seed} failed (converged: {}); replay with \
+        "schedule seed {seed} failed ({} mode, converged: {}); replay with \
          HYBRIDCAST_SIM_SEED={seed}\nviolations: {:#?}",
+        if o.hub { "hub" } else { "multicast" },
         o.settled.converged,
         o.settled.violations,
         seed = o.seed,
@@ -310,10 +405,11 @@ fn verdict(o: &ScheduleOutcome) -> Result<(), String> {
 /// `HYBRIDCAST_SIM_SEED`; panics with the failing seed.
 pub fn check_schedules(cases: u64) {
     if let Some(seed) = replay_seed() {
-        let o = Schedule::generate(seed).run();
+        let o = schedule_of(seed).run();
         eprintln!(
-            "replayed seed {seed}: converged {} ({:?} after the last change), {} messages, \
-             {} missing, {:?} simulated in {} steps, traffic {:?}",
+            "replayed seed {seed} ({} mode): converged {} ({:?} after the last change), \
+             {} messages, {} missing, {:?} simulated in {} steps, traffic {:?}",
+            if o.hub { "hub" } else { "multicast" },
             o.settled.converged,
             o.settled.after_last_change,
             o.messages,
@@ -328,7 +424,7 @@ pub fn check_schedules(cases: u64) {
         return;
     }
     fn prop(seed: Seed) -> TestResult {
-        match verdict(&Schedule::generate(seed.0).run()) {
+        match verdict(&schedule_of(seed.0).run()) {
             Ok(()) => TestResult::passed(),
             Err(e) => TestResult::error(e),
         }
