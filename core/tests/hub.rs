@@ -897,3 +897,74 @@ fn a_full_window_stays_within_its_bound_until_the_ack_timeout() {
         net.members[a].got
     );
 }
+
+/// A member reading a deep queue at the hub gets its acknowledgement late, behind the relayed
+/// frames: while those keep arriving, the hub is alive and the link stays.
+#[test]
+fn frames_arriving_ahead_of_a_late_acknowledgement_keep_the_link() {
+    let t0 = Instant::now();
+    let mut link = HubLink::new(
+        LinkConfig::new(hub_addr()),
+        ClusterId::of(CLUSTER),
+        MemberKey::of("a"),
+        1,
+        None,
+        t0,
+        1,
+    )
+    .expect("link");
+    assert!(matches!(
+        link.poll_action(),
+        Some(LinkAction::Connect { .. })
+    ));
+    link.connected(t0);
+    link.handle_bytes(t0, &Frame::Challenge { nonce: [1; 16] }.encode());
+    link.handle_bytes(t0, &Frame::Welcome.encode());
+    assert!(link.is_registered());
+    assert!(link.send_group(t0, datagram(MemberKey::of("a"), 1, b"hb")));
+    let deliver = Frame::Deliver {
+        from: MemberKey::of("b"),
+        datagram: datagram(MemberKey::of("b"), 1, b"queued"),
+    }
+    .encode();
+    // Relayed frames trickle in every second for 8 s: more than the ack timeout.
+    for s in 1..=8 {
+        let t = t0 + Duration::from_secs(s);
+        link.handle_timeout(t);
+        link.handle_bytes(t, &deliver);
+        assert!(link.is_registered(), "left at {s} s");
+    }
+    // Then the acknowledgement.
+    let t = t0 + Duration::from_secs(9);
+    link.handle_bytes(t, &Frame::Ack { id: 1 }.encode());
+    assert_eq!(link.stats().unacked_bytes, 0);
+    // With something unacknowledged and nothing heard for the ack timeout, it leaves.
+    assert!(link.send_group(t, datagram(MemberKey::of("a"), 1, b"hb")));
+    link.handle_timeout(t + Duration::from_secs(5));
+    assert!(!link.is_registered());
+    assert!(
+        std::iter::from_fn(|| link.poll_event())
+            .any(|e| e == LinkEvent::Lost(LinkLoss::AckTimeout))
+    );
+}
+
+#[test]
+fn leaving_before_the_registration_is_accepted_sends_nothing() {
+    let now = Instant::now();
+    let mut link = HubLink::new(
+        LinkConfig::new(hub_addr()),
+        ClusterId::of(CLUSTER),
+        MemberKey::of("a"),
+        1,
+        None,
+        now,
+        1,
+    )
+    .expect("link");
+    let _ = link.poll_action();
+    link.connected(now);
+    link.handle_bytes(now, &Frame::Challenge { nonce: [1; 16] }.encode());
+    assert!(link.peek_output().is_some(), "a hello waits");
+    link.close();
+    assert!(link.peek_output().is_none(), "the hello is withdrawn");
+}

@@ -1,6 +1,6 @@
 //! What both runtimes do with a hub link's events (hub mode, [`crate::Transport::Hub`]).
 
-use crate::{ReceiveDrops, RuntimeStats};
+use crate::ReceiveDrops;
 use hybridcast_core::Node;
 use hybridcast_core::hub::{HubLink, LinkEvent};
 use std::time::Instant;
@@ -9,17 +9,20 @@ use std::time::Instant;
 /// relayed datagrams go to [`Node::handle_datagram`] (less those [`ReceiveDrops`] drops, so
 /// the demos' and tests' loss injection works through a hub as over multicast), departure
 /// notices to [`Node::handle_departure_notice`] (and are returned too, for the log).
+/// Injected drops are added to `injected`.
 pub fn poll_hub(
     link: &mut HubLink,
     node: &mut Node,
     drops: &mut ReceiveDrops,
-    stats: &mut RuntimeStats,
+    injected: &mut u64,
     now: Instant,
 ) -> Option<LinkEvent> {
     loop {
         match link.poll_event()? {
             LinkEvent::Datagram { datagram, .. } => {
-                if !drops.drop_next(stats) {
+                if drops.drop() {
+                    *injected += 1;
+                } else {
                     node.handle_datagram(now, link.config().hub, datagram);
                 }
             }

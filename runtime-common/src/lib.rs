@@ -177,7 +177,21 @@ pub fn prepare(mut cfg: RuntimeConfig, now: Instant) -> Result<Prepared, Error> 
     // address of the route to the hub (the hub's peers are this member's peers).
     let local_ip = match &cfg.transport {
         Transport::Multicast => IpAddr::V4(cfg.interface),
-        Transport::Hub(link) => route_source(link.hub).unwrap_or(IpAddr::V4(cfg.interface)),
+        Transport::Hub(link) => match route_source(link.hub) {
+            // Only an address of the listener's family can be advertised for it.
+            Some(ip) if ip.is_ipv4() == http_addr.is_ipv4() => ip,
+            found => {
+                if http_addr.ip().is_unspecified() {
+                    tracing::warn!(
+                        hub = %link.hub,
+                        ?found,
+                        fallback = %cfg.interface,
+                        "no local address of the HTTP listener's family reaches the hub; advertising the interface address (give --http a concrete address)"
+                    );
+                }
+                IpAddr::V4(cfg.interface)
+            }
+        },
     };
     if http_addr.ip().is_unspecified() {
         http_addr.set_ip(local_ip);
@@ -289,10 +303,15 @@ impl ReceiveDrops {
 
     /// True if the next received datagram is to be dropped (and counted in `stats`).
     pub fn drop_next(&mut self, stats: &mut RuntimeStats) -> bool {
-        let drop = self.rate > 0.0 && self.rng.unit() < self.rate;
+        let drop = self.drop();
         if drop {
             stats.injected_drops += 1;
         }
         drop
+    }
+
+    /// True if the next received datagram is to be dropped (not counted).
+    pub fn drop(&mut self) -> bool {
+        self.rate > 0.0 && self.rng.unit() < self.rate
     }
 }

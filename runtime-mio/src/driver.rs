@@ -263,8 +263,10 @@ impl Driver {
         self.last_now
     }
 
-    /// Leaves the cluster gracefully: the Leave datagram is sent at once (in hub mode,
-    /// followed by a goodbye to the hub, as far as the connection takes them now).
+    /// Leaves the cluster gracefully: the Leave datagram is sent at once. In hub mode a
+    /// goodbye to the hub follows, and this call blocks for up to 500 ms while the hub takes
+    /// both and closes its side (so that closing cannot reset the connection before the hub
+    /// read them).
     pub fn leave(&mut self) {
         self.node.leave();
         self.pump(self.last_now);
@@ -378,11 +380,13 @@ impl Driver {
         // carries wall-clock stamps.
         self.node
             .set_wall_clock(now, hybridcast_runtime::unix_millis());
+        // Bytes already waiting are read first: an acknowledgement among them must count
+        // before the link's timer judges the hub silent.
+        if self.hub.as_ref().is_some_and(|h| h.more) {
+            self.hub_read(now);
+        }
         if let Some(h) = &mut self.hub {
             h.link.handle_timeout(now);
-            if h.more {
-                self.hub_read(now);
-            }
         }
         self.node.handle_timeout(now);
         for slot in 0..self.conns.len() {
@@ -562,7 +566,7 @@ impl Driver {
             &mut h.link,
             &mut self.node,
             &mut self.drops,
-            &mut self.stats,
+            &mut self.stats.injected_drops,
             now,
         ) {
             hub::log_link_event(&e);

@@ -265,11 +265,17 @@ fn hub_mode_across_runtimes_survives_a_hub_crash() {
         // With no hub, nothing reaches a member: every datagram its node was ever handed
         // came through its link (there is no multicast socket).
         for (name, n) in &cluster.smol {
-            let (core, _) = n.stats().await.expect("running");
+            let (core, runtime) = n.stats().await.expect("running");
             let link = n.hub_stats().await.expect("running").expect("hub mode");
             assert!(
                 link.datagrams_in > 0 && link.datagrams_out > 0,
                 "{name}: {link:?}"
+            );
+            // What `/metrics` shows: the runtime's copy of the link's counters.
+            let shown = runtime.hub.expect("smol reports the link in its stats");
+            assert!(
+                shown.datagrams_in > 0 && !runtime.hub_registered,
+                "{name}: {shown:?}"
             );
             assert_eq!(
                 core.datagrams_in, link.datagrams_in,

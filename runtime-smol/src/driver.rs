@@ -432,6 +432,12 @@ impl Driver {
         }
         self.hub_act();
         self.hub_write(now);
+        if let Some(h) = &self.hub {
+            // What `/metrics` and `stats` show of the link.
+            let mut s = self.shared.stats();
+            s.hub = Some(h.link.stats());
+            s.hub_registered = h.link.is_registered();
+        }
         loop {
             let e = match self.held.take() {
                 Some(e) => e,
@@ -555,14 +561,18 @@ impl Driver {
                     h.link.handle_bytes(now, &self.buf[..n]);
                     // Datagrams reach the node as they are read: the link holds only one
                     // read's worth.
+                    let mut injected = 0;
                     while let Some(e) = hub::poll_hub(
                         &mut h.link,
                         &mut self.node,
                         &mut self.drops,
-                        &mut self.shared.stats(),
+                        &mut injected,
                         now,
                     ) {
                         dropped |= hub::log_link_event(&e);
+                    }
+                    if injected > 0 {
+                        self.shared.stats().injected_drops += injected;
                     }
                     if dropped {
                         // The link dropped the connection (a bye, a protocol error).
@@ -631,16 +641,20 @@ impl Driver {
         let Some(h) = &mut self.hub else {
             return;
         };
+        let mut injected = 0;
         while let Some(e) = hub::poll_hub(
             &mut h.link,
             &mut self.node,
             &mut self.drops,
-            &mut self.shared.stats(),
+            &mut injected,
             now,
         ) {
             if hub::log_link_event(&e) {
                 h.conn = HubConn::None;
             }
+        }
+        if injected > 0 {
+            self.shared.stats().injected_drops += injected;
         }
     }
 

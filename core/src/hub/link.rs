@@ -19,17 +19,20 @@ use std::time::{Duration, Instant};
 pub struct LinkConfig {
     /// The hub's address.
     pub hub: SocketAddr,
-    /// With nothing else sent for this long, the link sends a ping, so the hub (whose idle
-    /// timeout must be longer) sees the member alive and the link sees the hub answer.
+    /// With nothing else sent for this long and nothing awaiting acknowledgement, the link
+    /// sends a ping, so the hub (whose idle timeout must be longer than `ack_timeout`) sees
+    /// the member alive and the link sees the hub answer.
     /// No ping goes out while frames wait for their acknowledgement: the hub sees those
     /// frames, `ack_timeout` already watches for its answer, and pings piling up behind a
     /// stalled connection would take the unacknowledged bytes beyond `max_unacked_bytes`.
     /// Default 1 s.
     pub keepalive: Duration,
-    /// With frames unacknowledged, this long without the hub acknowledging any (counted from
-    /// the later of the oldest one's sending and the last acknowledgement) means the hub is
-    /// gone: the link closes the connection and connects again. Default 5 s; longer than
-    /// `keepalive`.
+    /// With frames unacknowledged, this long without hearing anything from the hub (counted
+    /// from the later of the oldest one's sending and the last frame received: the hub sends
+    /// in order, so a member reading a deep queue is still making progress towards the
+    /// acknowledgement) means the hub is gone: the link closes the connection and connects
+    /// again. Default 5 s; longer than `keepalive`, and shorter than the hub's
+    /// `idle_timeout` (while frames wait, the link sends no pings).
     pub ack_timeout: Duration,
     /// Connecting and registering must complete within this time. Default 5 s.
     pub connect_timeout: Duration,
@@ -244,8 +247,10 @@ pub struct HubLink {
     unacked_bytes: usize,
     next_id: u64,
     last_sent: Instant,
-    /// The last time an acknowledgement released frames (or the registration).
-    last_acked: Instant,
+    /// The last time anything arrived from the hub on this connection (or the registration):
+    /// frames come in order, so whatever arrives means the acknowledgement queued behind it
+    /// is on its way.
+    last_heard: Instant,
     /// A challenge was answered on this connection.
     challenged: bool,
     backoff: Duration,
@@ -282,7 +287,7 @@ impl HubLink {
             unacked_bytes: 0,
             next_id: 1,
             last_sent: now,
-            last_acked: now,
+            last_heard: now,
             challenged: false,
             backoff,
             actions: VecDeque::new(),
@@ -392,7 +397,10 @@ impl HubLink {
     /// Says goodbye to the hub: queues a [`Frame::Bye`] after what is queued, and never
     /// connects again. Write what [`HubLink::peek_output`] holds, then close the connection.
     pub fn close(&mut self) {
-        if self.is_registered() {
+        if !self.is_registered() {
+            // A registration still on its way would only register a member that is going.
+            self.out.clear();
+        } else {
             self.out.push(
                 Frame::Bye {
                     reason: CloseReason::Closed,
@@ -422,7 +430,7 @@ impl HubLink {
             }
             State::Registered { .. } => {
                 if let Some(&(_, _, sent)) = self.unacked.front() {
-                    if now >= sent.max(self.last_acked) + self.config.ack_timeout {
+                    if now >= sent.max(self.last_heard) + self.config.ack_timeout {
                         self.lose(now, LinkLoss::AckTimeout, true);
                         return;
                     }
@@ -442,7 +450,7 @@ impl HubLink {
             State::Waiting { until } => Some(until),
             State::Connecting { deadline, .. } => Some(deadline),
             State::Registered { .. } => Some(match self.unacked.front() {
-                Some(&(_, _, sent)) => sent.max(self.last_acked) + self.config.ack_timeout,
+                Some(&(_, _, sent)) => sent.max(self.last_heard) + self.config.ack_timeout,
                 None => self.last_sent + self.config.keepalive,
             }),
             State::Closed => None,
@@ -559,7 +567,7 @@ impl HubLink {
                 Frame::Welcome if self.challenged => {
                     self.state = State::Registered { since: now };
                     self.last_sent = now;
-                    self.last_acked = now;
+                    self.last_heard = now;
                     self.stats.registrations += 1;
                     self.events.push_back(LinkEvent::Registered);
                 }
@@ -570,6 +578,7 @@ impl HubLink {
             }
             return true;
         }
+        self.last_heard = now;
         match frame {
             Frame::Deliver { from, datagram } => {
                 self.stats.datagrams_in += 1;
@@ -587,7 +596,6 @@ impl HubLink {
                     }
                     self.unacked.pop_front();
                     self.unacked_bytes -= len;
-                    self.last_acked = now;
                 }
             }
             Frame::Undeliverable { to, .. } => {

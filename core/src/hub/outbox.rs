@@ -45,6 +45,21 @@ impl Outbox {
         self.started = false;
     }
 
+    /// Bytes [`Outbox::cut_after_current`] would keep: the rest of a frame partly written.
+    pub(crate) fn committed(&self) -> usize {
+        if !self.started {
+            return 0;
+        }
+        let mut n = 0;
+        for (c, last) in &self.chunks {
+            n += c.len();
+            if *last {
+                break;
+            }
+        }
+        n
+    }
+
     /// Drops every frame not yet begun, keeping the rest of a frame partly written, so that
     /// what is queued next follows a whole frame on the stream.
     pub(crate) fn cut_after_current(&mut self) {

@@ -230,6 +230,8 @@ struct Conn {
     deadline: Instant,
     /// The frame number the member must send next.
     next_id: u64,
+    /// In `Hub::to_close`: nothing more is queued for it.
+    doomed: bool,
 }
 
 /// The message server of hub mode (seed 004), as a pure state machine over stream
@@ -267,8 +269,11 @@ pub struct Hub {
     ready_set: HashSet<ConnId>,
     actions: VecDeque<HubAction>,
     events: VecDeque<HubEvent>,
-    /// Closes decided while relaying, carried out once the relay is done.
-    to_close: Vec<(ConnId, CloseReason)>,
+    /// Closes decided while relaying, carried out once the relay is done, with the queued
+    /// bytes each close will free.
+    to_close: Vec<(ConnId, CloseReason, usize)>,
+    /// Bytes the closes in `to_close` will free.
+    doomed_bytes: usize,
     open: usize,
     stats: HubStats,
 }
@@ -299,6 +304,7 @@ impl Hub {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             to_close: Vec::new(),
+            doomed_bytes: 0,
             open: 0,
             stats: HubStats::default(),
         })
@@ -352,6 +358,7 @@ impl Hub {
                 phase: Phase::Challenged { nonce },
                 deadline: now + self.config.hello_timeout,
                 next_id: 1,
+                doomed: false,
             },
         );
         self.open += 1;
@@ -690,26 +697,28 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        if matches!(c.phase, Phase::Closing) || self.is_closing_soon(conn) {
+        if matches!(c.phase, Phase::Closing) || c.doomed {
             return false;
         }
         if c.out.len() + len > self.config.max_queued_bytes {
-            self.to_close.push((conn, CloseReason::SlowConsumer));
+            self.doom(conn, CloseReason::SlowConsumer);
             return false;
         }
         // Over the total, the longest queues go first (they are the slowest readers), until
         // this frame fits; it may be this connection's own.
-        while self.queued_after_closes() + len > self.config.max_total_queued_bytes {
+        while self.queued.saturating_sub(self.doomed_bytes) + len
+            > self.config.max_total_queued_bytes
+        {
             let longest = self
                 .conns
                 .iter()
-                .filter(|(id, c)| !matches!(c.phase, Phase::Closing) && !self.is_closing_soon(**id))
+                .filter(|(_, c)| !matches!(c.phase, Phase::Closing) && !c.doomed)
                 .max_by_key(|(id, c)| (c.out.len(), **id))
                 .map(|(id, _)| *id);
             let Some(longest) = longest else {
                 return false;
             };
-            self.to_close.push((longest, CloseReason::SlowConsumer));
+            self.doom(longest, CloseReason::SlowConsumer);
             if longest == conn {
                 return false;
             }
@@ -726,19 +735,19 @@ impl Hub {
         true
     }
 
-    fn is_closing_soon(&self, conn: ConnId) -> bool {
-        self.to_close.iter().any(|(id, _)| *id == conn)
-    }
-
-    /// Bytes queued, less those of connections about to be closed (their queues go).
-    fn queued_after_closes(&self) -> usize {
-        let going: usize = self
-            .to_close
-            .iter()
-            .filter_map(|(id, _)| self.conns.get(id))
-            .map(|c| c.out.len())
-            .sum();
-        self.queued.saturating_sub(going)
+    /// Marks `conn` to be closed once the current relay is done; what its close will free
+    /// no longer counts against the total.
+    fn doom(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.doomed {
+            return;
+        }
+        c.doomed = true;
+        let going = c.out.len() - c.out.committed();
+        self.doomed_bytes += going;
+        self.to_close.push((conn, reason, going));
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) {
@@ -816,7 +825,8 @@ impl Hub {
     /// Carries out the closes decided while relaying (a close announces a departure, which
     /// may overflow more queues: repeat until none is left).
     fn settle(&mut self) {
-        while let Some((conn, reason)) = self.to_close.pop() {
+        while let Some((conn, reason, going)) = self.to_close.pop() {
+            self.doomed_bytes -= going;
             self.close(conn, reason);
         }
     }
