@@ -809,9 +809,8 @@ fn a_hub_that_drops_every_registration_at_once_is_retried_ever_more_slowly() {
     assert!(wait <= Duration::from_millis(63), "{wait:?}");
 }
 
-#[test]
-fn a_second_challenge_is_a_protocol_error_and_nonces_depend_on_the_secret() {
-    let now = Instant::now();
+/// A link of member "a" whose connection just opened (no hub behind it: the test speaks).
+fn connected_link(now: Instant) -> HubLink {
     let mut link = HubLink::new(
         LinkConfig::new(hub_addr()),
         ClusterId::of(CLUSTER),
@@ -827,6 +826,13 @@ fn a_second_challenge_is_a_protocol_error_and_nonces_depend_on_the_secret() {
         Some(LinkAction::Connect { .. })
     ));
     link.connected(now);
+    link
+}
+
+#[test]
+fn a_second_challenge_is_a_protocol_error_and_nonces_depend_on_the_secret() {
+    let now = Instant::now();
+    let mut link = connected_link(now);
     let challenge = Frame::Challenge { nonce: [1; 16] }.encode();
     link.handle_bytes(now, &challenge);
     assert!(link.peek_output().is_some(), "a hello");
@@ -903,21 +909,7 @@ fn a_full_window_stays_within_its_bound_until_the_ack_timeout() {
 #[test]
 fn frames_arriving_ahead_of_a_late_acknowledgement_keep_the_link() {
     let t0 = Instant::now();
-    let mut link = HubLink::new(
-        LinkConfig::new(hub_addr()),
-        ClusterId::of(CLUSTER),
-        MemberKey::of("a"),
-        1,
-        None,
-        t0,
-        1,
-    )
-    .expect("link");
-    assert!(matches!(
-        link.poll_action(),
-        Some(LinkAction::Connect { .. })
-    ));
-    link.connected(t0);
+    let mut link = connected_link(t0);
     link.handle_bytes(t0, &Frame::Challenge { nonce: [1; 16] }.encode());
     link.handle_bytes(t0, &Frame::Welcome.encode());
     assert!(link.is_registered());
@@ -951,18 +943,7 @@ fn frames_arriving_ahead_of_a_late_acknowledgement_keep_the_link() {
 #[test]
 fn leaving_before_the_registration_is_accepted_sends_nothing() {
     let now = Instant::now();
-    let mut link = HubLink::new(
-        LinkConfig::new(hub_addr()),
-        ClusterId::of(CLUSTER),
-        MemberKey::of("a"),
-        1,
-        None,
-        now,
-        1,
-    )
-    .expect("link");
-    let _ = link.poll_action();
-    link.connected(now);
+    let mut link = connected_link(now);
     link.handle_bytes(now, &Frame::Challenge { nonce: [1; 16] }.encode());
     assert!(link.peek_output().is_some(), "a hello waits");
     link.close();

@@ -3,13 +3,13 @@
 use crate::ReceiveDrops;
 use hybridcast_core::Node;
 use hybridcast_core::hub::{HubLink, LinkEvent};
+use std::io::{self, Write};
 use std::time::Instant;
 
-/// Hands the link's events to the node until one is left for the runtime, and returns it:
-/// relayed datagrams go to [`Node::handle_datagram`] (less those [`ReceiveDrops`] drops, so
-/// the demos' and tests' loss injection works through a hub as over multicast), departure
-/// notices to [`Node::handle_departure_notice`] (and are returned too, for the log).
-/// Injected drops are added to `injected`.
+/// Hands the link's events to the node until one is left for the runtime, and returns it
+/// ([`HubLink::poll_for_node`]), less the relayed datagrams [`ReceiveDrops`] drops (so the
+/// demos' and tests' loss injection works through a hub as over multicast); those are added
+/// to `injected`.
 pub fn poll_hub(
     link: &mut HubLink,
     node: &mut Node,
@@ -17,30 +17,26 @@ pub fn poll_hub(
     injected: &mut u64,
     now: Instant,
 ) -> Option<LinkEvent> {
-    loop {
-        match link.poll_event()? {
-            LinkEvent::Datagram { datagram, .. } => {
-                if drops.drop() {
-                    *injected += 1;
-                } else {
-                    node.handle_datagram(now, link.config().hub, datagram);
-                }
-            }
-            LinkEvent::Departed {
-                member,
-                incarnation,
-                reason,
-            } => {
-                node.handle_departure_notice(now, member, incarnation);
-                return Some(LinkEvent::Departed {
-                    member,
-                    incarnation,
-                    reason,
-                });
-            }
-            other => return Some(other),
+    link.poll_for_node_with(now, node, || {
+        let drop = drops.drop();
+        *injected += u64::from(drop);
+        !drop
+    })
+}
+
+/// Writes the link's output to `w` until all of it is written or `w` would block. An error
+/// means the connection is broken.
+pub fn write_link(link: &mut HubLink, mut w: impl Write) -> io::Result<()> {
+    while let Some(bytes) = link.peek_output() {
+        match w.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => link.consume_output(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// Logs a link event; true if it says the connection is gone ([`LinkEvent::Lost`]).

@@ -14,7 +14,7 @@ use hybridcast_runtime::{Error, ReceiveDrops, RuntimeConfig, RuntimeStats, SendQ
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -295,18 +295,11 @@ impl Driver {
         let mut shut = false;
         let mut sink = [0u8; 4096];
         while Instant::now() < end {
-            let mut progress = false;
-            while let Some(bytes) = h.link.peek_output() {
-                match stream.write(bytes) {
-                    Ok(n) if n > 0 => {
-                        h.link.consume_output(n);
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
-                    _ => break,
-                }
+            let queued = h.link.queued_bytes();
+            if hub::write_link(&mut h.link, &mut *stream).is_err() {
+                return;
             }
+            let mut progress = h.link.queued_bytes() < queued;
             if h.link.peek_output().is_none() && !shut {
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 shut = true;
@@ -646,20 +639,7 @@ impl Driver {
         if h.connecting {
             return;
         }
-        let mut lost = false;
-        while let Some(bytes) = h.link.peek_output() {
-            match stream.write(bytes) {
-                Ok(0) => break,
-                Ok(n) => h.link.consume_output(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    lost = true;
-                    break;
-                }
-            }
-        }
-        if lost {
+        if hub::write_link(&mut h.link, stream).is_err() {
             self.hub_lost(now);
             // Reconnecting is the link's to decide (after its backoff).
         }

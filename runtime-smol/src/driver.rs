@@ -16,7 +16,7 @@ use hybridcast_runtime::{
 use smol::channel::{self, Receiver, Sender, TrySendError};
 use smol::{Async, Task};
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -604,24 +604,8 @@ impl Driver {
         let HubConn::Open(stream) = &h.conn else {
             return;
         };
-        let mut lost = false;
-        while let Some(bytes) = h.link.peek_output() {
-            match stream.get_ref().write(bytes) {
-                Ok(0) => {
-                    lost = true;
-                    break;
-                }
-                Ok(n) => h.link.consume_output(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!("writing to the hub failed: {e}");
-                    lost = true;
-                    break;
-                }
-            }
-        }
-        if lost {
+        if let Err(e) = hub::write_link(&mut h.link, stream.get_ref()) {
+            tracing::debug!("writing to the hub failed: {e}");
             self.hub_lost(now);
         }
     }

@@ -97,6 +97,11 @@ impl CloseReason {
         }
     }
 
+    /// Position in [`CloseReason::ALL`] (the wire byte less one).
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.byte() - 1)
+    }
+
     /// The reason a byte names, if any.
     pub fn from_byte(b: u8) -> Option<Self> {
         CloseReason::ALL.into_iter().find(|r| r.byte() == b)
@@ -758,6 +763,14 @@ mod tests {
         .to_vec();
         hello[LEN_PREFIX + 25] = 0; // says untagged, yet a tag follows
         assert!(Frame::decode(Bytes::copy_from_slice(&hello[LEN_PREFIX..])).is_err());
+    }
+
+    #[test]
+    fn reasons_are_listed_in_wire_order() {
+        for (i, r) in CloseReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(CloseReason::from_byte(r.byte()), Some(r));
+        }
     }
 
     #[test]

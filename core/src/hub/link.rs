@@ -470,27 +470,36 @@ impl HubLink {
     /// Feeds events to `node` until one is left the node has no use for, and returns that
     /// one (registration news and the like, for the log); `None` once drained. Relayed
     /// datagrams go to [`Node::handle_datagram`] (from the hub's address), departure notices
-    /// to [`Node::handle_departure_notice`].
+    /// to [`Node::handle_departure_notice`] (and are returned too, for the log).
     pub fn poll_for_node(&mut self, now: Instant, node: &mut Node) -> Option<LinkEvent> {
+        self.poll_for_node_with(now, node, || true)
+    }
+
+    /// [`HubLink::poll_for_node`], handing the node only the relayed datagrams `admit`
+    /// accepts (a runtime's loss injection for demos and tests).
+    pub fn poll_for_node_with(
+        &mut self,
+        now: Instant,
+        node: &mut Node,
+        mut admit: impl FnMut() -> bool,
+    ) -> Option<LinkEvent> {
         loop {
-            match self.events.pop_front()? {
+            let e = self.events.pop_front()?;
+            match &e {
                 LinkEvent::Datagram { datagram, .. } => {
-                    node.handle_datagram(now, self.config.hub, datagram)
+                    if admit() {
+                        node.handle_datagram(now, self.config.hub, datagram.clone());
+                    }
+                    continue;
                 }
                 LinkEvent::Departed {
                     member,
                     incarnation,
-                    reason,
-                } => {
-                    node.handle_departure_notice(now, member, incarnation);
-                    return Some(LinkEvent::Departed {
-                        member,
-                        incarnation,
-                        reason,
-                    });
-                }
-                other => return Some(other),
+                    ..
+                } => node.handle_departure_notice(now, *member, *incarnation),
+                _ => {}
             }
+            return Some(e);
         }
     }
 

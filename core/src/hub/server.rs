@@ -203,11 +203,7 @@ pub struct HubStats {
 impl HubStats {
     /// Connections closed for `reason`.
     pub fn closed_for(&self, reason: CloseReason) -> u64 {
-        let i = CloseReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.closed[i]
+        self.closed[reason.index()]
     }
 }
 
@@ -420,12 +416,12 @@ impl Hub {
                 incarnation,
             } => {
                 self.open -= 1;
-                self.stats.closed[0] += 1;
+                self.stats.closed[CloseReason::Closed.index()] += 1;
                 self.depart(conn, member, incarnation, CloseReason::Closed);
             }
             Phase::Challenged { .. } => {
                 self.open -= 1;
-                self.stats.closed[0] += 1;
+                self.stats.closed[CloseReason::Closed.index()] += 1;
                 self.events.push_back(HubEvent::Refused {
                     conn,
                     reason: CloseReason::Closed,
@@ -792,9 +788,7 @@ impl Hub {
             self.ready.push_back(conn);
         }
         self.open -= 1;
-        if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
-            self.stats.closed[i] += 1;
-        }
+        self.stats.closed[reason.index()] += 1;
         self.actions.push_back(HubAction::Close { conn, reason });
     }
 
