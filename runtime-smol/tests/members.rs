@@ -382,8 +382,10 @@ fn a_leave_given_up_on_still_leaves_and_a_finished_one_closed_the_listener() {
         let c = member(port, "c").await;
         let three = [&a, &b, &c];
         assert!(eventually(|| agree(&three, 0, 2)).await);
-        // The caller stops waiting at once: b still leaves, it does not vanish.
-        assert!(futures_lite::future::poll_once(b.leave()).await.is_none());
+        // The caller stops waiting after one poll: b still leaves, it does not vanish.
+        // (Whether that one poll already saw the driver finish depends on the executor's
+        // threads; asserting that it did not made this test racy. Either way b must leave.)
+        let _ = futures_lite::future::poll_once(b.leave()).await;
         assert!(eventually(|| sees(&a, "b", "left")).await);
         // Once leave returns, the HTTP port is free again.
         let addr = c.http_addr();
