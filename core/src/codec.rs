@@ -2,9 +2,9 @@
 //! and decoded here, always with a byte limit.
 //!
 //! bincode is unmaintained (RUSTSEC-2025-0141), so nothing else in the crate names it. Decoding
-//! refuses input longer than the caller's bound, sets bincode's allocation limit to a tier just
-//! above the input's length (so a short input cannot claim a large allocation of strings or
-//! byte buffers), and rejects trailing bytes.
+//! refuses input longer than the caller's bound, sets bincode's allocation limit from a tier
+//! just above the input's length (so a short input cannot claim a large allocation), and
+//! rejects trailing bytes.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,7 +43,7 @@ macro_rules! decode_tiers {
         let len = bytes.len();
         $(
             if len <= $tier {
-                let cfg = config().with_limit::<{ 4 * $tier }>();
+                let cfg = config().with_limit::<{ CLAIM_FACTOR * $tier }>();
                 return finish(bincode::serde::decode_from_slice(bytes, cfg), len);
             }
         )+
@@ -51,14 +51,26 @@ macro_rules! decode_tiers {
     }};
 }
 
+/// How many times its tier's size an input may claim in bincode's allocation accounting.
+///
+/// bincode counts a sequence's elements at their in-memory size, which can be far above their
+/// encoded size: a `(String, String)` of two empty strings is 48 bytes in memory and 2 encoded,
+/// a naming change 48 and 3, a logged message 40 and 2. The factor must exceed the largest such
+/// ratio among the types the protocol sends (24), or a body one member encodes would be refused
+/// by its peers as over the limit. It does not raise what decoding really allocates: sequences
+/// grow only as their elements are read, so that stays a multiple (at most that ratio) of the
+/// input's length.
+const CLAIM_FACTOR: usize = 32;
+
 /// Longest body the codec decodes (256 MiB).
 pub const MAX_BODY: usize = 268_435_456;
 
 /// Decodes a `T` from all of `bytes`, refusing inputs longer than `max_len` (and than
 /// [`MAX_BODY`]).
 ///
-/// bincode's allocation limit — which covers strings and byte buffers — is four times the
-/// smallest power-of-four tier (1 KiB to 256 MiB) that holds the input. Sequences decoded through
+/// bincode's allocation limit — which covers strings, byte buffers and sequences — is
+/// [`CLAIM_FACTOR`] times the smallest power-of-four tier (1 KiB to 256 MiB) that holds the
+/// input. Sequences decoded through
 /// serde pre-allocate at most 1 MiB and then grow only as elements are actually read, so every
 /// allocation is bounded by a small multiple of the input's length (each element's in-memory size
 /// over its smallest encoding).
@@ -118,5 +130,30 @@ mod tests {
             decode::<String>(&evil, 1 << 20),
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    /// Found by the `state_dump_decode` fuzz target: an announcement of empty-string binds
+    /// encoded to 1023 bytes, and its in-memory size (48 bytes per 3-byte change) exceeded the
+    /// allocation limit of its tier, so a body a member encodes was refused by its peers.
+    #[test]
+    fn whatever_is_encoded_decodes_within_its_own_length() {
+        use crate::exchange::{Announcement, NamingChange};
+        for n in [1usize, 100, 341, 1365, 5461, 21_845] {
+            // Pairs of empty strings: 2 bytes encoded, 48 in memory, the largest ratio the
+            // protocol's bodies have.
+            let pairs: Vec<(String, String)> = vec![(String::new(), String::new()); n];
+            let bytes = encode(&pairs).expect("encodes");
+            assert_eq!(
+                decode::<Vec<(String, String)>>(&bytes, bytes.len()).as_ref(),
+                Ok(&pairs),
+                "{n} pairs in {} bytes",
+                bytes.len()
+            );
+            let a = Announcement {
+                changes: vec![NamingChange::Bind(String::new(), String::new()); n],
+            };
+            let bytes = encode(&a).expect("encodes");
+            assert_eq!(decode::<Announcement>(&bytes, bytes.len()), Ok(a));
+        }
     }
 }
