@@ -60,7 +60,7 @@ macro_rules! decode_tiers {
 /// by its peers as over the limit. It does not raise what decoding really allocates: sequences
 /// grow only as their elements are read, so that stays a multiple (at most that ratio) of the
 /// input's length.
-const CLAIM_FACTOR: usize = 32;
+pub const CLAIM_FACTOR: usize = 32;
 
 /// Longest body the codec decodes (256 MiB).
 pub const MAX_BODY: usize = 268_435_456;
